@@ -1,0 +1,204 @@
+"""The ``nas`` command: bad input becomes one line and exit code 2; a search that finds nothing exits 1."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any
+
+import click
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+app = typer.Typer(
+    help="Neural architecture search as a pipeline: Prefect flow, MLflow tracking, DVC data, ONNX out.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True, highlight=False)
+
+
+class UsageProblem(Exception):
+    """Bad input from the user: reported as one line with exit code 2."""
+
+
+def _prefect_environment(project_dir: Path) -> None:
+    """Keep Prefect's state inside the project, offline, and quiet unless the user says otherwise."""
+    os.environ.setdefault("PREFECT_HOME", str((project_dir / ".prefect").resolve()))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+
+
+def _check_writable(folder: Path) -> None:
+    """Fail early, leaving nothing behind, when ``folder`` cannot hold the search's outputs."""
+    if folder.exists() and not folder.is_dir():
+        raise UsageProblem(f"output '{folder}' exists and is not a folder; pass another --output")
+    created = [p for p in (folder, *folder.parents) if not p.exists()]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        for path in created:
+            if path.is_dir():
+                with contextlib.suppress(OSError):
+                    path.rmdir()
+        raise UsageProblem(f"output folder '{folder}' is not writable ({exc.strerror}); pass a writable --output") from None
+
+
+def _load_search_config(config_file: Path | None, overrides: dict[str, Any]):
+    from nas_core.config import ConfigError, load_config
+    from nas_core.genome import Genome, GenomeError
+
+    try:
+        config = load_config(config_file, overrides)
+    except ConfigError as exc:
+        raise UsageProblem(str(exc)) from None
+    if not config.project_dir.is_dir():
+        raise UsageProblem(f"project folder '{config.project_dir}' does not exist; pass --project-dir")
+    if config.init_genome is not None:
+        try:
+            Genome.from_json(config.init_genome.read_text()).validate()
+        except OSError as exc:
+            raise UsageProblem(f"cannot read genome file {config.init_genome}: {exc.strerror}") from None
+        except GenomeError as exc:
+            raise UsageProblem(f"invalid genome in {config.init_genome}: {exc}") from None
+    return config
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    best = summary["best"]
+    table = Table(title=f"search {summary['search_id']}", show_header=False)
+    table.add_row("dataset", f"{summary['dataset']['name']} (version {summary['dataset']['version']})")
+    ok = sum(c["status"] == "ok" for c in summary["candidates"])
+    table.add_row("candidates", f"{len(summary['candidates'])} trained, {ok} ok, {len(summary['candidates']) - ok} failed")
+    table.add_row("elapsed", f"{summary['elapsed_seconds']:.1f} s")
+    if best:
+        table.add_row("best", f"{best['hash'][:12]}  val_acc {best['val_accuracy']:.4f}  test_acc {best['test_accuracy']:.4f}")
+        table.add_row("size", f"{best['params']:,} params, {best['flops']:,} FLOPs")
+        table.add_row("ONNX model", f"{best['onnx_path']} (max |diff| vs PyTorch {best['onnx_max_abs_diff']:.2e})")
+    table.add_row("MLflow", f"experiment '{summary['mlflow_experiment']}', parent run {summary['mlflow_run_id']}")
+    Console().print(table)
+    print(f"summary: {Path(best['onnx_path']).parent / 'summary.json' if best else ''}")
+    print(f"ONNX model: {best['onnx_path'] if best else '(none: every candidate failed)'}")
+    print(f"MLflow runs: {summary['mlflow_ui']}")
+
+
+@app.command()
+def search(
+    config_file: Annotated[Path | None, typer.Option("--config", help="YAML file of settings (flags override it).")] = None,
+    dataset: Annotated[str | None, typer.Option(help="Dataset to search on (default: digits).")] = None,
+    strategy: Annotated[str | None, typer.Option(help="Search strategy: random or evolution (default: evolution).")] = None,
+    budget: Annotated[int | None, typer.Option(help="Candidates to train (default: 20).")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Training epochs per candidate (default: 12).")] = None,
+    population: Annotated[int | None, typer.Option(help="Candidates per generation (default: 8).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Candidates trained in parallel (default: cores/2).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for proposals and training (default: 0).")] = None,
+    output: Annotated[Path | None, typer.Option(help="Output folder (default: outputs/<search id>).")] = None,
+    project_dir: Annotated[Path | None, typer.Option(help="Folder with data.dvc, data/, mlflow.db (default: .).")] = None,
+    experiment: Annotated[str | None, typer.Option(help="MLflow experiment (default: nas-<dataset>).")] = None,
+    init_genome: Annotated[Path | None, typer.Option(help="Genome JSON to evaluate first.")] = None,
+    candidate_timeout: Annotated[float | None, typer.Option(help="Seconds before a candidate is stopped.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No per-candidate progress lines.")] = False,
+) -> int:
+    """Run an architecture search; writes OUTPUT/model.onnx and OUTPUT/summary.json."""
+    overrides = {
+        "dataset": dataset, "strategy": strategy, "budget": budget, "epochs": epochs, "population": population,
+        "workers": workers, "seed": seed, "output": output, "project_dir": project_dir, "experiment": experiment,
+        "init_genome": init_genome, "candidate_timeout": candidate_timeout,
+    }  # fmt: skip
+    config = _load_search_config(config_file, overrides)
+    from nas_core.search import new_search_id
+
+    search_id = new_search_id()
+    out = (config.output or Path("outputs") / search_id).resolve()
+    _check_writable(out)
+    config = config.model_copy(update={"output": out})
+    _prefect_environment(config.project_dir)
+    from flows.search import search_flow
+
+    console.print(
+        f"search {search_id}: {config.strategy} on {config.dataset}, {config.budget} candidates x {config.epochs} epochs, "
+        f"{config.workers} in parallel -> {out}"
+    )
+    summary = search_flow(config.workers)(config.model_dump(mode="json"), search_id=search_id, show_progress=not quiet)
+    _print_summary(summary)
+    if summary["best"] is None:
+        console.print("error: every candidate failed; see the failure_reason tags of the runs in MLflow")
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+@app.command()
+def prepare(
+    dataset: Annotated[str, typer.Option(help="Dataset to prepare.")] = "digits",
+    project_dir: Annotated[Path, typer.Option(help="Project folder (data/ and data.dvc go here).")] = Path("."),
+) -> int:
+    """Prepare a dataset under data/, track it with DVC (data.dvc) and push it to the DVC remote."""
+    from nas_core.data import DatasetError, check_dataset_name
+    from nas_core.search import prepare_and_version
+
+    try:
+        check_dataset_name(dataset)
+    except DatasetError as exc:
+        raise UsageProblem(str(exc)) from None
+    ref = prepare_and_version(dataset, project_dir)
+    print(f"prepared {ref.name} in {ref.path}; dataset version {ref.version} (data.dvc)")
+    return EXIT_OK
+
+
+@app.command()
+def validate(genome_file: Annotated[Path, typer.Argument(help="Genome JSON file.")]) -> int:
+    """Check a genome file; print its canonical hash."""
+    from nas_core.genome import Genome, GenomeError
+
+    try:
+        genome = Genome.from_json(genome_file.read_text()).validate()
+    except OSError as exc:
+        raise UsageProblem(f"cannot read genome file {genome_file}: {exc.strerror}") from None
+    except GenomeError as exc:
+        raise UsageProblem(f"invalid genome in {genome_file}: {exc}") from None
+    print(f"valid genome: {len(genome.nodes) - 2} ops, {len(genome.edges)} edges, hash {genome.canonical_hash()}")
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``nas`` console script."""
+    try:
+        result = app(args=argv, standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.exceptions.Abort:
+        console.print("aborted")
+        return 130
+    except click.ClickException as exc:
+        console.print(f"error: {escape(exc.format_message())} (see --help)")
+        return EXIT_USAGE
+    except UsageProblem as exc:
+        console.print(f"error: {escape(str(exc))}")
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        return 130
+    except Exception as exc:
+        if os.environ.get("NAS_DEBUG"):
+            raise
+        console.print(
+            f"error: {escape(type(exc).__name__)}: {escape(str(exc).splitlines()[0] if str(exc) else '')} "
+            "(set NAS_DEBUG=1 for the traceback)"
+        )
+        return EXIT_FAILED
+    return result if isinstance(result, int) else EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""The search configuration: defaults, a YAML file, then command-line flags, validated by pydantic."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from nas_core.data import SOURCES
+from nas_core.spaces import SPACES
+from nas_core.strategies import STRATEGIES
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message says which setting and how to fix it."""
+
+
+def default_workers() -> int:
+    """Parallel candidates: one per two cores, at least one (small models gain little from more threads)."""
+    return max(1, (os.cpu_count() or 1) // 2)
+
+
+class SearchConfig(BaseModel):
+    """Everything a search needs. Every key can be set in the YAML file given to ``--config``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    dataset: str = Field("digits", description="dataset to prepare and search on")
+    strategy: str = Field("evolution", description="search strategy")
+    space: str = Field("image", description="search space")
+    budget: int = Field(20, ge=1, description="number of candidates to train")
+    epochs: int = Field(12, ge=1, description="training epochs per candidate")
+    population: int = Field(8, ge=1, description="candidates per generation (and evolution's population)")
+    workers: int = Field(default_factory=default_workers, ge=1, description="candidates trained in parallel")
+    seed: int = Field(0, description="seed for proposals and training")
+    output: Path | None = Field(None, description="output folder (default: outputs/<search id>)")
+    project_dir: Path = Field(Path("."), description="project folder holding data.dvc, data/ and mlflow.db")
+    experiment: str | None = Field(None, description="MLflow experiment (default: nas-<dataset>)")
+    batch_size: int = Field(64, ge=1)
+    optimizer: Literal["adam", "adamw", "sgd"] = "adamw"
+    lr: float = Field(0.005, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    candidate_timeout: float | None = Field(None, gt=0, description="seconds before a candidate is stopped")
+    min_nodes: int = Field(2, ge=1, description="fewest ops in a genome")
+    max_nodes: int = Field(6, ge=1, description="most ops in a genome")
+    init_genome: Path | None = Field(None, description="genome JSON file to evaluate first")
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, value: str) -> str:
+        return _known("dataset", value, SOURCES)
+
+    @field_validator("strategy")
+    @classmethod
+    def _known_strategy(cls, value: str) -> str:
+        return _known("strategy", value, STRATEGIES)
+
+    @field_validator("space")
+    @classmethod
+    def _known_space(cls, value: str) -> str:
+        return _known("space", value, SPACES)
+
+    @property
+    def experiment_name(self) -> str:
+        return self.experiment or f"nas-{self.dataset}"
+
+
+def _known(kind: str, value: str, registry: dict[str, Any]) -> str:
+    if value not in registry:
+        raise ValueError(f"unknown {kind} '{value}'; choose one of: {', '.join(sorted(registry))}")
+    return value
+
+
+def _one_line(error: ValidationError) -> str:
+    first = error.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "config"
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        known = ", ".join(SearchConfig.model_fields)
+        return f"unknown setting '{where}' (known settings: {known})"
+    return f"{where}: {message}"
+
+
+def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> SearchConfig:
+    """Defaults, then the YAML file at ``path``, then ``overrides`` (flags; None values are ignored)."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark else ""
+            raise ConfigError(f"config file {path} is not valid YAML{where}; fix its syntax") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must be a mapping of settings, e.g. 'budget: 20'")
+        values.update(loaded or {})
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        config = SearchConfig(**values)
+    except ValidationError as exc:
+        raise ConfigError(_one_line(exc)) from None
+    if config.min_nodes > config.max_nodes:
+        raise ConfigError(f"min_nodes ({config.min_nodes}) must not exceed max_nodes ({config.max_nodes})")
+    return config

@@ -1,0 +1,110 @@
+"""The op registry: each op name maps to its allowed settings and a module factory."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+INPUT_OP = "input"
+OUTPUT_OP = "output"
+CHANNEL_RANGE = (1, 1024)
+
+
+class OpSettingsError(ValueError):
+    """An op name is unknown or its settings are not allowed."""
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    """An op: its settings (name -> allowed values, or None for a channel count) and how to build it."""
+
+    name: str
+    settings: dict[str, tuple[Any, ...] | None]
+    factory: Callable[[int, dict[str, Any]], nn.Module] | None
+
+    def out_channels(self, in_channels: int, settings: dict[str, Any]) -> int:
+        return int(settings.get("channels", in_channels))
+
+    def stride(self, settings: dict[str, Any]) -> int:
+        return int(settings.get("stride", 1))
+
+
+OPS: dict[str, OpSpec] = {}
+
+
+def register_op(name: str, **settings: tuple[Any, ...] | None):
+    """Register a module factory ``(in_channels, settings) -> nn.Module`` under ``name``."""
+
+    def decorate(factory: Callable[[int, dict[str, Any]], nn.Module]):
+        OPS[name] = OpSpec(name, settings, factory)
+        return factory
+
+    return decorate
+
+
+OPS[INPUT_OP] = OpSpec(INPUT_OP, {}, None)
+OPS[OUTPUT_OP] = OpSpec(OUTPUT_OP, {}, None)
+
+
+def check_op(name: str, settings: dict[str, Any]) -> None:
+    """Raise OpSettingsError unless ``name`` is a registered op and ``settings`` fit it exactly."""
+    spec = OPS.get(name)
+    if spec is None:
+        raise OpSettingsError(f"unknown op '{name}' (known: {', '.join(sorted(OPS))})")
+    missing = sorted(set(spec.settings) - set(settings))
+    extra = sorted(set(settings) - set(spec.settings))
+    if missing:
+        raise OpSettingsError(f"op '{name}' is missing settings: {', '.join(missing)}")
+    if extra:
+        raise OpSettingsError(f"op '{name}' has unknown settings: {', '.join(extra)}")
+    for key, allowed in spec.settings.items():
+        value = settings[key]
+        if allowed is None:
+            lo, hi = CHANNEL_RANGE
+            if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+                raise OpSettingsError(f"op '{name}': {key}={value!r} must be an integer in [{lo}, {hi}]")
+        elif value not in allowed or isinstance(value, bool):
+            raise OpSettingsError(f"op '{name}': {key}={value!r} must be one of {list(allowed)}")
+
+
+def _conv_bn_relu(in_ch: int, out_ch: int, kernel: int, stride: int, groups: int = 1) -> list[nn.Module]:
+    return [
+        nn.Conv2d(in_ch, out_ch, kernel, stride=stride, padding=kernel // 2, groups=groups, bias=False),
+        nn.BatchNorm2d(out_ch),
+        nn.ReLU(inplace=False),
+    ]
+
+
+@register_op("conv", kernel=(1, 3, 5, 7), channels=None, stride=(1, 2))
+def conv(in_ch: int, s: dict[str, Any]) -> nn.Module:
+    """Convolution, batch norm, ReLU."""
+    return nn.Sequential(*_conv_bn_relu(in_ch, s["channels"], s["kernel"], s["stride"]))
+
+
+@register_op("sepconv", kernel=(3, 5, 7), channels=None, stride=(1, 2))
+def sepconv(in_ch: int, s: dict[str, Any]) -> nn.Module:
+    """Depthwise-separable convolution: depthwise k x k, then pointwise 1 x 1."""
+    k = s["kernel"]
+    depthwise = nn.Conv2d(in_ch, in_ch, k, stride=s["stride"], padding=k // 2, groups=in_ch, bias=False)
+    return nn.Sequential(depthwise, *_conv_bn_relu(in_ch, s["channels"], 1, 1))
+
+
+@register_op("maxpool", kernel=(3,), stride=(1, 2))
+def maxpool(in_ch: int, s: dict[str, Any]) -> nn.Module:
+    """Max pooling; keeps the channel count."""
+    return nn.MaxPool2d(s["kernel"], stride=s["stride"], padding=s["kernel"] // 2)
+
+
+@register_op("avgpool", kernel=(3,), stride=(1, 2))
+def avgpool(in_ch: int, s: dict[str, Any]) -> nn.Module:
+    """Average pooling (padding excluded from the mean); keeps the channel count."""
+    return nn.AvgPool2d(s["kernel"], stride=s["stride"], padding=s["kernel"] // 2, count_include_pad=False)
+
+
+@register_op("identity")
+def identity(in_ch: int, s: dict[str, Any]) -> nn.Module:
+    """Skip connection: passes its (merged) input through."""
+    return nn.Identity()

@@ -23,7 +23,13 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console(stderr=True, highlight=False)
+console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+# typer >= 0.22 raises its own (vendored) click exceptions; older releases raise click's.
+_EXIT = (click.exceptions.Exit, typer.Exit)
+_ABORT = (click.exceptions.Abort, typer.Abort)
+_USAGE_ERRORS = (click.ClickException, getattr(typer, "TyperException", click.ClickException))
 
 
 class UsageProblem(Exception):
@@ -175,13 +181,15 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``nas`` console script."""
     try:
         result = app(args=argv, standalone_mode=False)
-    except click.exceptions.Exit as exc:
-        return exc.exit_code
-    except click.exceptions.Abort:
+    except _EXIT as exc:
+        return int(getattr(exc, "exit_code", 0) or 0)
+    except _ABORT:
         console.print("aborted")
         return 130
-    except click.ClickException as exc:
-        console.print(f"error: {escape(exc.format_message())} (see --help)")
+    except _USAGE_ERRORS as exc:
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        if message:  # empty when the help was shown instead of running (no arguments)
+            console.print(f"error: {escape(message)} (see --help)")
         return EXIT_USAGE
     except UsageProblem as exc:
         console.print(f"error: {escape(str(exc))}")

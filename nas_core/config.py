@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -79,8 +80,9 @@ def _one_line(error: ValidationError) -> str:
     where = ".".join(str(p) for p in first["loc"]) or "config"
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
-        known = ", ".join(SearchConfig.model_fields)
-        return f"unknown setting '{where}' (known settings: {known})"
+        close = difflib.get_close_matches(where, SearchConfig.model_fields, n=1)
+        hint = f"did you mean '{close[0]}'?" if close else f"known settings: {', '.join(SearchConfig.model_fields)}"
+        return f"unknown setting '{where}' ({hint})"
     return f"{where}: {message}"
 
 
@@ -92,12 +94,17 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
             loaded = yaml.safe_load(Path(path).read_text())
         except OSError as exc:
             raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"cannot read config file {path}: it is not UTF-8 text") from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1}" if mark else ""
             raise ConfigError(f"config file {path} is not valid YAML{where}; fix its syntax") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"config file {path} must be a mapping of settings, e.g. 'budget: 20'")
+        bad_keys = [k for k in (loaded or {}) if not isinstance(k, str)]
+        if bad_keys:
+            raise ConfigError(f"config file {path}: setting names must be text, got {bad_keys[0]!r}")
         values.update(loaded or {})
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import TYPE_CHECKING
 
@@ -9,7 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 
 if TYPE_CHECKING:
-    from nas_core.search import CandidateRecord, SearchRun
+    from nas_core.search import CandidateRecord
 
 
 def _clock(seconds: float) -> str:
@@ -18,24 +19,32 @@ def _clock(seconds: float) -> str:
 
 
 class ProgressReporter:
-    """Prints ``[done/total] candidate ... | best ... | elapsed ... eta ...`` as candidates finish."""
+    """Prints ``[done/total] origin hash val_acc | best | failed | elapsed eta`` as each candidate ends."""
 
     def __init__(self, total: int, console: Console | None = None) -> None:
         self.total = total
         self.console = console or Console(stderr=True, highlight=False)
         self.started = time.monotonic()
+        self.done = self.failed = 0
+        self.best: float | None = None
+        self._lock = threading.Lock()  # candidates finish on several threads
 
-    def __call__(self, record: CandidateRecord, run: SearchRun) -> None:
-        done = len(run.records)
-        failed = sum(not r.ok for r in run.records)
-        elapsed = time.monotonic() - self.started
-        eta = elapsed / done * (self.total - done) if done else 0.0
-        best = run.best()
-        outcome = f"val_acc {record.metrics['val_accuracy']:.4f}" if record.ok else f"[red]FAILED[/red] {escape(record.reason)}"
-        best_text = f"{best.metrics['val_accuracy']:.4f}" if best else "-"
-        self.console.print(
-            f"[{done:>3}/{self.total}] {record.origin:<9} {record.hash[:8]} {outcome} | best {best_text}"
-            f" failed {failed} | {_clock(elapsed)} eta {_clock(eta)}",
-            overflow="ignore",
-            crop=False,
-        )
+    def __call__(self, record: CandidateRecord) -> None:
+        with self._lock:
+            self.done += 1
+            if record.ok:
+                accuracy = record.metrics["val_accuracy"]
+                self.best = accuracy if self.best is None else max(self.best, accuracy)
+                outcome = f"val_acc {accuracy:.4f}"
+            else:
+                self.failed += 1
+                outcome = f"[red]FAILED[/red] {escape(record.reason)}"
+            elapsed = time.monotonic() - self.started
+            eta = elapsed / self.done * max(0, self.total - self.done)
+            best = f"{self.best:.4f}" if self.best is not None else "-"
+            self.console.print(
+                f"[{self.done:>3}/{self.total}] {record.origin:<9} {record.hash[:8]} {outcome} | best {best}"
+                f" failed {self.failed} | {_clock(elapsed)} eta {_clock(eta)}",
+                overflow="ignore",
+                crop=False,
+            )

@@ -29,6 +29,7 @@ from nas_core.strategies import CandidateResult, Proposal, Strategy, create_stra
 from nas_core.tracking import ARTIFACTS_DIR_NAME, SearchTracker, resolve_tracking_uri, ui_command
 from nas_core.training import TrainConfig, train_genome
 
+EPOCH_METRICS = ("train_loss", "val_loss", "val_accuracy", "val_f1")
 DATA_SEED = 0  # the split never depends on the search seed: one dataset version per source
 
 
@@ -127,7 +128,7 @@ class SearchRun:
         self.data: PreparedData | None = None
         self.tracker: SearchTracker | None = None
         self.run_id = ""
-        self.on_record: Callable[[CandidateRecord, SearchRun], None] | None = None
+        self.on_record: Callable[[CandidateRecord], None] | None = None
 
     # ---- stages ---------------------------------------------------------------------------
     def prepare(self) -> DatasetRef:
@@ -206,11 +207,7 @@ class SearchRun:
                 genome,
                 self.data,
                 train_config,
-                on_epoch=lambda m: self.tracker.log_metrics(
-                    run_id,
-                    {"train_loss": m.train_loss, "val_loss": m.val_loss, "val_accuracy": m.val_accuracy, "val_f1": m.val_f1},
-                    step=m.epoch,
-                ),
+                on_epoch=lambda m: self.tracker.log_metrics(run_id, {k: getattr(m, k) for k in EPOCH_METRICS}, step=m.epoch),
             )
             record.status, record.reason, record.metrics, record.model = (
                 result.status,
@@ -220,10 +217,13 @@ class SearchRun:
             )
         except Exception as exc:  # a broken candidate must not end the search
             record.reason = f"error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-        if record.metrics:
-            self.tracker.log_metrics(run_id, record.metrics, step=self.config.epochs)
+        final = {k: v for k, v in record.metrics.items() if k not in EPOCH_METRICS}  # those are in the history
+        if final:
+            self.tracker.log_metrics(run_id, final, step=self.config.epochs)
         self.tracker.set_tags(run_id, {"status": record.status, **({"failure_reason": record.reason} if record.reason else {})})
         self.tracker.end_run(run_id, record.ok)
+        if self.on_record is not None:
+            self.on_record(record)
         return record
 
     def select(self, records: list[CandidateRecord]) -> CandidateRecord | None:
@@ -241,8 +241,6 @@ class SearchRun:
             best = self.best()
             if best is not None:
                 self.tracker.log_metrics(self.run_id, {"best_val_accuracy": best.metrics["val_accuracy"]}, step=len(self.records))
-            if self.on_record is not None:
-                self.on_record(record, self)
         best = self.best()
         for record in self.records:
             if record is not best:

@@ -1,0 +1,40 @@
+"""Shared fixtures: keep Prefect offline and its state in a temporary folder; temporary git projects."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# Before anything imports prefect: no telemetry, state out of the user's home and the repository.
+os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="nas-tests-prefect-"))
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+
+
+def make_project(root: Path) -> Path:
+    """A fresh git repository carrying the project's .gitignore, like a new clone."""
+    root.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["git", "init", "-q", "-b", "main"], cwd=root, check=True)
+    subprocess.run(["git", "config", "user.email", "tests@nas.local"], cwd=root, check=True)
+    subprocess.run(["git", "config", "user.name", "tests"], cwd=root, check=True)
+    shutil.copy(REPO_ROOT / ".gitignore", root / ".gitignore")
+    return root
+
+
+def git_status(root: Path) -> str:
+    return subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, check=True).stdout
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A temporary git project with no MLflow override: the default SQLite store lands inside it."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return make_project(tmp_path / "project")

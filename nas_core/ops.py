@@ -66,7 +66,7 @@ def check_op(name: str, settings: dict[str, Any]) -> None:
             lo, hi = CHANNEL_RANGE
             if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
                 raise OpSettingsError(f"op '{name}': {key}={value!r} must be an integer in [{lo}, {hi}]")
-        elif value not in allowed or isinstance(value, bool):
+        elif not any(value == a and type(value) is type(a) for a in allowed):  # 3.0 or True is not 3 or 1
             raise OpSettingsError(f"op '{name}': {key}={value!r} must be one of {list(allowed)}")
 
 

@@ -9,6 +9,10 @@ from typing import Any, Protocol
 from nas_core.genome import Genome
 
 
+class SpaceExhausted(ValueError):
+    """The space has no genome that satisfies the request (e.g. no mutation differs from the parent)."""
+
+
 class SearchSpace(Protocol):
     """What a strategy needs from a space; every returned genome validates."""
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from nas_core.genome import Genome, Node
 from nas_core.ops import INPUT_OP, OPS, OUTPUT_OP
-from nas_core.spaces import register_space
+from nas_core.spaces import SpaceExhausted, register_space
 
 INPUT, OUTPUT = "input", "output"
 _MAX_TRIES = 100
@@ -43,18 +43,22 @@ class ImageSpace:
             raise ValueError("image space: channels must not be empty")
 
     # ---- building blocks ---------------------------------------------------------------
+    def _choices(self, op: str, key: str) -> list[Any]:
+        """The values this space uses for one setting of ``op``."""
+        allowed = OPS[op].settings[key]
+        if key == "channels":
+            return list(self.channels)
+        if key == "kernel":
+            return [k for k in allowed if k in self.kernels] or list(allowed)
+        return list(allowed)
+
     def _random_settings(self, op: str, rng: random.Random) -> dict[str, Any]:
         settings: dict[str, Any] = {}
-        for key, allowed in OPS[op].settings.items():
-            if key == "channels":
-                settings[key] = rng.choice(self.channels)
-            elif key == "stride":
+        for key in OPS[op].settings:
+            if key == "stride":
                 settings[key] = 2 if rng.random() < self.reduce_prob else 1
-            elif key == "kernel":
-                usable = [k for k in allowed if k in self.kernels] or list(allowed)
-                settings[key] = rng.choice(usable)
             else:
-                settings[key] = rng.choice(allowed)
+                settings[key] = rng.choice(self._choices(op, key))
         return settings
 
     def _random_node(self, node_id: str, rng: random.Random) -> Node:
@@ -112,7 +116,11 @@ class ImageSpace:
             child = getattr(self, f"_mutate_{kind}")(hidden, edges, rng)
             if child is not None and child.canonical_hash() != parent_hash:
                 return child
-        return self.sample(rng)
+        for _ in range(_MAX_TRIES):  # tiny spaces: any other genome will do
+            child = self.sample(rng)
+            if child.canonical_hash() != parent_hash:
+                return child
+        raise SpaceExhausted("the search space has no genome other than this one")
 
     def _mutate_op(self, hidden, edges, rng):
         if not hidden:
@@ -127,8 +135,10 @@ class ImageSpace:
             return None
         i = rng.choice(tunable)
         key = rng.choice(sorted(OPS[hidden[i].op].settings))
-        fresh = self._random_settings(hidden[i].op, rng)
-        hidden[i] = Node(hidden[i].id, hidden[i].op, {**hidden[i].settings, key: fresh[key]})
+        others = [v for v in self._choices(hidden[i].op, key) if v != hidden[i].settings[key]]
+        if not others:
+            return None
+        hidden[i] = Node(hidden[i].id, hidden[i].op, {**hidden[i].settings, key: rng.choice(others)})
         return self._assemble(hidden, edges)
 
     def _mutate_add_edge(self, hidden, edges, rng):

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nas_core.genome import Genome
-from nas_core.spaces import SearchSpace
+from nas_core.spaces import SearchSpace, SpaceExhausted
 
 _MAX_DRAWS = 200  # draws per requested genome before concluding the space is exhausted
 
@@ -79,7 +79,10 @@ class Strategy:
         draws = 0
         while len(proposals) < n and draws < _MAX_DRAWS * n:
             draws += 1
-            proposal = Proposal(Genome.from_dict(self.queue.pop(0)), "enqueued") if self.queue else self._propose()
+            try:
+                proposal = Proposal(Genome.from_dict(self.queue.pop(0)), "enqueued") if self.queue else self._propose()
+            except SpaceExhausted:
+                break
             if proposal.hash in self.seen:
                 continue
             self.seen.add(proposal.hash)

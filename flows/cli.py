@@ -107,7 +107,9 @@ def search(
     budget: Annotated[int | None, typer.Option(help="Candidates to train (default: 20).")] = None,
     epochs: Annotated[int | None, typer.Option(help="Training epochs per candidate (default: 12).")] = None,
     population: Annotated[int | None, typer.Option(help="Candidates per generation (default: 8).")] = None,
-    workers: Annotated[int | None, typer.Option(help="Candidates trained in parallel (default: cores/2).")] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Candidates trained in parallel (default: one per core, at most 8).")
+    ] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for proposals and training (default: 0).")] = None,
     output: Annotated[Path | None, typer.Option(help="Output folder (default: outputs/<search id>).")] = None,
     project_dir: Annotated[Path | None, typer.Option(help="Folder with data.dvc, data/, mlflow.db (default: .).")] = None,

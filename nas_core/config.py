@@ -20,8 +20,8 @@ class ConfigError(ValueError):
 
 
 def default_workers() -> int:
-    """Parallel candidates: one per two cores, at least one (small models gain little from more threads)."""
-    return max(1, (os.cpu_count() or 1) // 2)
+    """Parallel candidates: one per core, at most 8 (small models gain more from parallel candidates than threads)."""
+    return max(1, min(os.cpu_count() or 1, 8))
 
 
 class SearchConfig(BaseModel):

@@ -38,3 +38,24 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A temporary git project with no MLflow override: the default SQLite store lands inside it."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     return make_project(tmp_path / "project")
+
+
+@pytest.fixture(scope="session")
+def digits(tmp_path_factory):
+    """The real digits splits, prepared once for the session."""
+    from nas_core.data import load_prepared, prepare_dataset
+
+    root = tmp_path_factory.mktemp("digits-data")
+    prepare_dataset("digits", root)
+    return load_prepared(root, "digits")
+
+
+@pytest.fixture(scope="module")
+def single_torch_thread():
+    """Tiny tensors: one thread avoids oversubscribing a small shared CPU; restored afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -13,14 +13,7 @@ from nas_core.builder import DEFAULT_STEM_CHANNELS, build_model
 from nas_core.genome import Genome, GenomeError, Node
 from nas_core.ops import OPS
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _single_torch_thread():
-    """Tiny tensors: one thread avoids oversubscribing a small shared CPU; restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 def make(nodes, edges) -> Genome:

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from nas_core.builder import build_model
-from nas_core.data import load_prepared, prepare_dataset
 from nas_core.export import INPUT_NAME, OUTPUT_NAME, ExportError, export_onnx, read_metadata
 from nas_core.genome import Genome
 
@@ -29,13 +28,6 @@ def genome() -> Genome:
             "edges": [["input", "a"], ["a", "b"], ["input", "b"], ["b", "output"]],
         }
     ).validate()
-
-
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    prepare_dataset("digits", root)
-    return load_prepared(root, "digits")
 
 
 @pytest.fixture(scope="module")

@@ -22,13 +22,7 @@ SMALL = create_space("image", min_nodes=1, max_nodes=3, skip_prob=0.6, reduce_pr
 WIDE = create_space("image", min_nodes=4, max_nodes=9, channels=(8,), ops=("conv", "identity"), kernels=(3,))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _single_torch_thread():
-    """Tiny tensors: one thread avoids oversubscribing a small shared CPU; restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 def check_in_space(genome: Genome, space: ImageSpace) -> None:

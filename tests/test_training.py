@@ -11,7 +11,6 @@ import torch
 from torch import nn
 
 from nas_core.builder import build_model
-from nas_core.data import load_prepared, prepare_dataset
 from nas_core.genome import Genome
 from nas_core.metrics import accuracy, count_flops, count_params, macro_f1
 from nas_core.training import EpochMetrics, TrainConfig, train_genome
@@ -32,13 +31,6 @@ def good_genome() -> Genome:
             "edges": [["input", "c1"], ["c1", "c2"], ["c2", "output"]],
         }
     ).validate()
-
-
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    prepare_dataset("digits", root)
-    return load_prepared(root, "digits")
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,9 @@ import random
 from collections.abc import Callable
 from typing import Any, Protocol
 
+import numpy as np
+from torch import nn
+
 from nas_core.genome import Genome
 
 
@@ -14,17 +17,43 @@ class SpaceExhausted(ValueError):
 
 
 class SearchSpace(Protocol):
-    """What a strategy needs from a space; every returned genome validates."""
+    """What strategies and the pipeline need from a space; every returned genome validates."""
 
     name: str
 
-    def sample(self, rng: random.Random) -> Genome: ...
+    def sample(self, rng: random.Random) -> Genome:
+        """A random genome."""
 
-    def mutate(self, genome: Genome, rng: random.Random) -> Genome: ...
+    def mutate(self, genome: Genome, rng: random.Random) -> Genome:
+        """One random change; the result has another identity (or SpaceExhausted)."""
 
-    def crossover(self, a: Genome, b: Genome, rng: random.Random) -> Genome: ...
+    def crossover(self, a: Genome, b: Genome, rng: random.Random) -> Genome:
+        """A child mixing two parents."""
 
-    def describe(self, genome: Genome) -> dict[str, Any]: ...
+    def neighbours(self, genome: Genome) -> list[Genome]:
+        """Every genome one elementary change away (for local search), in a fixed order."""
+
+    def identity(self, genome: Genome) -> str:
+        """A hash equal for genomes this space considers the same architecture."""
+
+    def encode(self, genome: Genome) -> np.ndarray:
+        """A fixed-length float vector describing the genome (features for surrogate models)."""
+
+    def enumerate(self) -> list[Genome] | None:
+        """One genome per identity when the space is small enough to list, else None."""
+
+    def build(
+        self,
+        genome: Genome,
+        input_shape: tuple[int, ...],
+        num_classes: int,
+        mean: list[float] | None = None,
+        std: list[float] | None = None,
+    ) -> nn.Module:
+        """The trainable network of a genome."""
+
+    def describe(self, genome: Genome) -> dict[str, Any]:
+        """Flat, comparable parameters of a genome (for MLflow's compare view)."""
 
 
 SPACES: dict[str, Callable[..., SearchSpace]] = {}

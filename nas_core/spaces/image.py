@@ -11,6 +11,10 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+from torch import nn
+
+from nas_core.builder import build_model
 from nas_core.genome import Genome, Node
 from nas_core.ops import INPUT_OP, OPS, OUTPUT_OP
 from nas_core.spaces import SpaceExhausted, register_space
@@ -196,9 +200,85 @@ class ImageSpace:
             return self._assemble(head + tail, edges)
         return self.mutate(a, rng)
 
+    def neighbours(self, genome: Genome) -> list[Genome]:
+        """Every genome one op, setting or edge change (or one node removal) away, deduplicated."""
+        hidden, edges = self._split(genome)
+        ids = [INPUT] + [n.id for n in hidden] + [OUTPUT]
+        children: list[Genome | None] = []
+        for i, node in enumerate(hidden):
+            for op in self.ops:
+                if op != node.op:
+                    settings = {k: node.settings.get(k, self._choices(op, k)[0]) for k in OPS[op].settings}
+                    if "stride" in settings:
+                        settings["stride"] = node.settings.get("stride", 1)
+                    children.append(self._assemble(_replace(hidden, i, Node(node.id, op, settings)), edges))
+            for key in sorted(node.settings):
+                for value in self._choices(node.op, key):
+                    if value != node.settings[key]:
+                        changed = Node(node.id, node.op, {**node.settings, key: value})
+                        children.append(self._assemble(_replace(hidden, i, changed), edges))
+        for j in range(len(ids)):
+            for i in range(j):
+                edge = (ids[i], ids[j])
+                if edge in edges:
+                    children.append(self._mutate_remove_edge(list(hidden), edges, _Fixed(edge)))
+                elif edge != (INPUT, OUTPUT):
+                    children.append(self._assemble(list(hidden), edges | {edge}))
+        if len(hidden) > self.min_nodes:
+            for node in hidden:
+                children.append(self._mutate_remove_node(list(hidden), edges, _Fixed(node)))
+        own = self.identity(genome)
+        unique: dict[str, Genome] = {}
+        for child in children:
+            if child is not None and self.identity(child) != own:
+                unique.setdefault(self.identity(child), child)
+        return list(unique.values())
+
+    def identity(self, genome: Genome) -> str:
+        return genome.canonical_hash()
+
+    def encode(self, genome: Genome) -> np.ndarray:
+        """Per op slot: one-hot op, channels, kernel, stride; then the upper-triangular adjacency."""
+        hidden, edges = self._split(genome)
+        slot = len(self.ops) + 3
+        features = np.zeros(self.max_nodes * slot + (self.max_nodes + 2) ** 2, dtype=np.float32)
+        for i, node in enumerate(hidden[: self.max_nodes]):
+            base = i * slot
+            if node.op in self.ops:
+                features[base + self.ops.index(node.op)] = 1.0
+            features[base + len(self.ops)] = node.settings.get("channels", 0) / max(self.channels)
+            features[base + len(self.ops) + 1] = node.settings.get("kernel", 0) / 7.0
+            features[base + len(self.ops) + 2] = node.settings.get("stride", 1) - 1.0
+        position = {INPUT: 0, OUTPUT: self.max_nodes + 1} | {n.id: i + 1 for i, n in enumerate(hidden[: self.max_nodes])}
+        offset = self.max_nodes * slot
+        for src, dst in edges:
+            if src in position and dst in position:
+                features[offset + position[src] * (self.max_nodes + 2) + position[dst]] = 1.0
+        return features
+
+    def enumerate(self) -> list[Genome] | None:
+        return None  # far too many to list
+
+    def build(self, genome, input_shape, num_classes, mean=None, std=None) -> nn.Module:
+        return build_model(genome, input_shape, num_classes, mean, std)
+
     def describe(self, genome: Genome) -> dict[str, Any]:
         """Flat, comparable parameters of a genome (for MLflow's compare view)."""
         return describe_genome(genome)
+
+
+class _Fixed:
+    """Stands in for a random generator whose ``choice`` is decided in advance (enumerating neighbours)."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def choice(self, options: Any) -> Any:
+        return self.value
+
+
+def _replace(nodes: list[Node], i: int, node: Node) -> list[Node]:
+    return [*nodes[:i], node, *nodes[i + 1 :]]
 
 
 def _tag(prefix: str, node_id: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from nas_core.genome import Genome
 from nas_core.spaces import SearchSpace
 from nas_core.strategies.base import CandidateResult, Proposal, Strategy
 from nas_core.strategies.evolution import RegularizedEvolution
@@ -15,17 +16,29 @@ class RandomSearch(Strategy):
     name = "random"
 
 
-STRATEGIES: dict[str, Callable[..., Strategy]] = {
-    "random": lambda space, seed, population: RandomSearch(space, seed=seed),
-    "evolution": lambda space, seed, population: RegularizedEvolution(space, seed=seed, population_size=population),
+Constraint = Callable[[Genome], bool]
+
+# name -> factory(space, seed, population, constraint); the name is what configs and flags use
+STRATEGIES: dict[str, Callable[[SearchSpace, int | None, int, Constraint | None], Strategy]] = {
+    "random": lambda space, seed, population, constraint: RandomSearch(space, seed=seed, constraint=constraint),
+    "evolution": lambda space, seed, population, constraint: RegularizedEvolution(
+        space, seed=seed, constraint=constraint, population_size=population
+    ),
 }
 
 
-def create_strategy(name: str, space: SearchSpace, *, seed: int | None, population: int = 8) -> Strategy:
+def create_strategy(
+    name: str,
+    space: SearchSpace,
+    *,
+    seed: int | None,
+    population: int = 8,
+    constraint: Constraint | None = None,
+) -> Strategy:
     """Look a strategy up by the name used in configs and flags."""
     if name not in STRATEGIES:
         raise ValueError(f"unknown strategy '{name}' (known: {', '.join(sorted(STRATEGIES))})")
-    return STRATEGIES[name](space, seed, population)
+    return STRATEGIES[name](space, seed, population, constraint)
 
 
 __all__ = ["STRATEGIES", "CandidateResult", "Proposal", "RandomSearch", "RegularizedEvolution", "Strategy", "create_strategy"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,15 +15,20 @@ _MAX_DRAWS = 200  # draws per requested genome before concluding the space is ex
 
 @dataclass(frozen=True)
 class Proposal:
-    """A genome a strategy wants evaluated, with where it came from."""
+    """A genome a strategy wants evaluated, with where it came from.
+
+    ``hash`` is the genome's identity in its space (``space.identity``); by default the graph's
+    canonical hash.
+    """
 
     genome: Genome
-    origin: str  # "sample", "mutation", "crossover" or "enqueued"
-    parents: tuple[str, ...] = ()  # canonical hashes of the parents
+    origin: str  # "sample", "mutation", "crossover", "local", "model" or "enqueued"
+    parents: tuple[str, ...] = ()  # identities of the parents
+    hash: str = ""
 
-    @property
-    def hash(self) -> str:
-        return self.genome.canonical_hash()
+    def __post_init__(self) -> None:
+        if not self.hash:
+            object.__setattr__(self, "hash", self.genome.canonical_hash())
 
 
 @dataclass(frozen=True)
@@ -35,10 +40,11 @@ class CandidateResult:
     fitness: float | None
     reason: str = ""
     metrics: dict[str, float] = field(default_factory=dict)
+    hash: str = ""  # the identity in the space; by default the graph's canonical hash
 
-    @property
-    def hash(self) -> str:
-        return self.genome.canonical_hash()
+    def __post_init__(self) -> None:
+        if not self.hash:
+            object.__setattr__(self, "hash", self.genome.canonical_hash())
 
     @property
     def ok(self) -> bool:
@@ -57,37 +63,81 @@ def set_rng_state(rng: random.Random, state: Sequence[Any]) -> None:
 class Strategy:
     """Base of all strategies: proposes unseen genomes via ``ask``, learns via ``tell``.
 
-    Subclasses implement ``_propose`` (one proposal, may repeat a seen genome: the base filters
-    duplicates by canonical hash) and may extend ``tell`` and the state dict.
+    Subclasses implement ``_propose`` (one proposal, which may repeat a seen genome: the base
+    filters duplicates by identity and genomes that break the constraint) and may extend ``tell``
+    and the state dict. ``constraint`` (e.g. a parameter limit) is honoured by every strategy.
     """
 
     name = "base"
 
-    def __init__(self, space: SearchSpace, *, seed: int | None = None) -> None:
+    def __init__(
+        self,
+        space: SearchSpace,
+        *,
+        seed: int | None = None,
+        constraint: Callable[[Genome], bool] | None = None,
+    ) -> None:
         self.space = space
         self.rng = random.Random(seed)
+        self.constraint = constraint
         self.seen: set[str] = set()
         self.queue: list[dict[str, Any]] = []
+        self._rejected: set[str] = set()  # identities that break the constraint (derived, not state)
+
+    def identity(self, genome: Genome) -> str:
+        return self.space.identity(genome)
+
+    def proposal(self, genome: Genome, origin: str, parents: Sequence[str] = ()) -> Proposal:
+        return Proposal(genome, origin, tuple(parents), self.identity(genome))
 
     def enqueue(self, genome: Genome) -> None:
         """Propose ``genome`` before anything else (e.g. a known-good architecture)."""
         self.queue.append(genome.validate().to_dict())
 
+    def allowed(self, proposal: Proposal) -> bool:
+        """Unseen and within the constraint."""
+        if proposal.hash in self.seen or proposal.hash in self._rejected:
+            return False
+        if self.constraint is not None and not self.constraint(proposal.genome):
+            self._rejected.add(proposal.hash)
+            return False
+        return True
+
     def ask(self, n: int) -> list[Proposal]:
-        """Up to ``n`` proposals whose canonical hashes were never proposed before in this search."""
+        """Up to ``n`` proposals whose identities were never proposed before in this search.
+
+        When the strategy keeps proposing seen genomes and the space can be enumerated, unseen
+        genomes are drawn from the enumeration, so nothing is repeated while unseen ones remain.
+        """
         proposals: list[Proposal] = []
         draws = 0
-        while len(proposals) < n and draws < _MAX_DRAWS * n:
+        while len(proposals) < n:
             draws += 1
-            try:
-                proposal = Proposal(Genome.from_dict(self.queue.pop(0)), "enqueued") if self.queue else self._propose()
-            except SpaceExhausted:
+            if draws > _MAX_DRAWS * n:
+                proposals += self._unseen_from_enumeration(n - len(proposals))
                 break
-            if proposal.hash in self.seen:
-                continue
-            self.seen.add(proposal.hash)
-            proposals.append(proposal)
+            try:
+                if self.queue:
+                    proposal = self.proposal(Genome.from_dict(self.queue.pop(0)), "enqueued")
+                else:
+                    proposal = self._propose()
+            except SpaceExhausted:
+                proposals += self._unseen_from_enumeration(n - len(proposals))
+                break
+            if self.allowed(proposal):
+                self.seen.add(proposal.hash)
+                proposals.append(proposal)
         return proposals
+
+    def _unseen_from_enumeration(self, n: int) -> list[Proposal]:
+        everything = getattr(self.space, "enumerate", lambda: None)()
+        if everything is None:
+            return []
+        unseen = [g for g in everything if self.allowed(self.proposal(g, "sample"))]
+        picked = self.rng.sample(unseen, min(n, len(unseen)))
+        for genome in picked:
+            self.seen.add(self.identity(genome))
+        return [self.proposal(g, "sample") for g in picked]
 
     def tell(self, results: Sequence[CandidateResult]) -> None:
         """Learn from finished evaluations (failures included)."""
@@ -95,7 +145,7 @@ class Strategy:
             self.seen.add(result.hash)
 
     def _propose(self) -> Proposal:
-        return Proposal(self.space.sample(self.rng), "sample")
+        return self.proposal(self.space.sample(self.rng), "sample")
 
     def state_dict(self) -> dict[str, Any]:
         """The whole state as plain JSON-able data."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from nas_core.genome import Genome
@@ -24,11 +24,12 @@ class RegularizedEvolution(Strategy):
         space: SearchSpace,
         *,
         seed: int | None = None,
+        constraint: Callable[[Genome], bool] | None = None,
         population_size: int = 8,
         tournament_size: int = 3,
         crossover_prob: float = 0.3,
     ) -> None:
-        super().__init__(space, seed=seed)
+        super().__init__(space, seed=seed, constraint=constraint)
         if population_size < 1 or tournament_size < 1:
             raise ValueError("population_size and tournament_size must be at least 1")
         if not 0.0 <= crossover_prob <= 1.0:
@@ -50,9 +51,9 @@ class RegularizedEvolution(Strategy):
             second = self._tournament()
             if second["hash"] != first["hash"]:
                 child = self.space.crossover(Genome.from_dict(first["genome"]), Genome.from_dict(second["genome"]), self.rng)
-                return Proposal(child, "crossover", (first["hash"], second["hash"]))
+                return self.proposal(child, "crossover", (first["hash"], second["hash"]))
         child = self.space.mutate(Genome.from_dict(first["genome"]), self.rng)
-        return Proposal(child, "mutation", (first["hash"],))
+        return self.proposal(child, "mutation", (first["hash"],))
 
     def tell(self, results: Sequence[CandidateResult]) -> None:
         super().tell(results)

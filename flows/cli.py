@@ -71,6 +71,13 @@ def _load_search_config(config_file: Path | None, overrides: dict[str, Any]):
         raise UsageProblem(str(exc)) from None
     if not config.project_dir.is_dir():
         raise UsageProblem(f"project folder '{config.project_dir}' does not exist; pass --project-dir")
+    if config.table_path is not None:
+        from nas_core.evaluators import TableError, TableEvaluator
+
+        try:
+            TableEvaluator.load(config.table_path, config.select_metric, config.report_metric)
+        except TableError as exc:
+            raise UsageProblem(str(exc)) from None
     if config.init_genome is not None:
         try:
             Genome.from_json(config.init_genome.read_text()).validate()
@@ -91,11 +98,13 @@ def _print_summary(summary: dict[str, Any]) -> None:
     if best:
         table.add_row("best", f"{best['hash'][:12]}  val_acc {best['val_accuracy']:.4f}  test_acc {best['test_accuracy']:.4f}")
         table.add_row("size", f"{best['params']:,} params, {best['flops']:,} FLOPs")
-        table.add_row("ONNX model", f"{best['onnx_path']} (max |diff| vs PyTorch {best['onnx_max_abs_diff']:.2e})")
+        if best["onnx_path"]:
+            table.add_row("ONNX model", f"{best['onnx_path']} (max |diff| vs PyTorch {best['onnx_max_abs_diff']:.2e})")
     table.add_row("MLflow", f"experiment '{summary['mlflow_experiment']}', parent run {summary['mlflow_run_id']}")
     Console().print(table)
-    print(f"summary: {Path(best['onnx_path']).parent / 'summary.json' if best else ''}")
-    print(f"ONNX model: {best['onnx_path'] if best else '(none: every candidate failed)'}")
+    print(f"summary: {Path(summary['output']) / 'summary.json'}")
+    if not best or best["onnx_path"]:
+        print(f"ONNX model: {best['onnx_path'] if best else '(none: every candidate failed)'}")
     print(f"MLflow runs: {summary['mlflow_ui']}")
 
 
@@ -103,7 +112,9 @@ def _print_summary(summary: dict[str, Any]) -> None:
 def search(
     config_file: Annotated[Path | None, typer.Option("--config", help="YAML file of settings (flags override it).")] = None,
     dataset: Annotated[str | None, typer.Option(help="Dataset to search on (default: digits).")] = None,
-    strategy: Annotated[str | None, typer.Option(help="Search strategy: random or evolution (default: evolution).")] = None,
+    strategy: Annotated[
+        str | None, typer.Option(help="Search strategy: random, evolution, genetic, local, bo or nsga2 (default: evolution).")
+    ] = None,
     budget: Annotated[int | None, typer.Option(help="Candidates to train (default: 20).")] = None,
     epochs: Annotated[int | None, typer.Option(help="Training epochs per candidate (default: 12).")] = None,
     population: Annotated[int | None, typer.Option(help="Candidates per generation (default: 8).")] = None,
@@ -116,13 +127,22 @@ def search(
     experiment: Annotated[str | None, typer.Option(help="MLflow experiment (default: nas-<dataset>).")] = None,
     init_genome: Annotated[Path | None, typer.Option(help="Genome JSON to evaluate first.")] = None,
     candidate_timeout: Annotated[float | None, typer.Option(help="Seconds before a candidate is stopped.")] = None,
+    space: Annotated[str | None, typer.Option(help="Search space: image or nb201 (default: image).")] = None,
+    evaluator: Annotated[
+        str | None, typer.Option(help="'train' (default) or 'table:PATH' to look candidates up in a benchmark table.")
+    ] = None,
+    select_metric: Annotated[str | None, typer.Option(help="Table column to select on (default: val_acc_200).")] = None,
+    report_metric: Annotated[str | None, typer.Option(help="Table column to report (default: test_acc_200).")] = None,
+    max_params: Annotated[int | None, typer.Option(help="Only propose architectures with at most this many parameters.")] = None,
+    max_flops: Annotated[int | None, typer.Option(help="Only propose architectures with at most this many FLOPs.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No per-candidate progress lines.")] = False,
 ) -> int:
     """Run an architecture search; writes OUTPUT/model.onnx and OUTPUT/summary.json."""
     overrides = {
         "dataset": dataset, "strategy": strategy, "budget": budget, "epochs": epochs, "population": population,
         "workers": workers, "seed": seed, "output": output, "project_dir": project_dir, "experiment": experiment,
-        "init_genome": init_genome, "candidate_timeout": candidate_timeout,
+        "init_genome": init_genome, "candidate_timeout": candidate_timeout, "space": space, "evaluator": evaluator,
+        "select_metric": select_metric, "report_metric": report_metric, "max_params": max_params, "max_flops": max_flops,
     }  # fmt: skip
     config = _load_search_config(config_file, overrides)
     from nas_core.search import new_search_id

@@ -64,7 +64,7 @@ def nas_search(config: dict[str, Any], search_id: str | None = None, show_progre
             start = len(run.records)
             futures = [train_candidate.submit(run, p, start + i + 1) for i, p in enumerate(proposals)]
             select_and_mutate(run, [f.result() for f in futures])
-        report = export_onnx(run) if run.best() is not None else None
+        report = export_onnx(run) if run.can_export() else None
     except BaseException as exc:
         run.abort(f"{type(exc).__name__}: {exc}")
         raise

@@ -36,31 +36,16 @@ def _aligner(src: Shape, dst: Shape) -> nn.Module:
 DEFAULT_STEM_CHANNELS = 16
 
 
-class GenomeNet(nn.Module):
-    """The network of one genome inside a fixed skeleton.
+class GenomeCell(nn.Module):
+    """The DAG of one genome on inputs of shape (C, H, W): a node sums its aligned inputs.
 
-    Inputs are normalised, then a stem (3x3 conv, BN, ReLU) feeds the genome's ``input`` node, as in
-    most cell-based NAS; a node sums its aligned inputs; the ``output`` node is pooled and classified.
+    Returns the merged inputs of the ``output`` node; ``shapes`` maps node ids to output shapes.
     """
 
-    def __init__(
-        self,
-        genome: Genome,
-        input_shape: Sequence[int],
-        num_classes: int,
-        mean: Sequence[float] | None = None,
-        std: Sequence[float] | None = None,
-        stem_channels: int = DEFAULT_STEM_CHANNELS,
-    ) -> None:
+    def __init__(self, genome: Genome, input_shape: Sequence[int]) -> None:
         super().__init__()
         genome.validate()
-        in_channels, h, w = (int(v) for v in input_shape)
-        self.stem = nn.Sequential(
-            nn.Conv2d(in_channels, stem_channels, 3, padding=1, bias=False),
-            nn.BatchNorm2d(stem_channels),
-            nn.ReLU(),
-        )
-        c = stem_channels
+        c, h, w = (int(v) for v in input_shape)
         self.order = genome.topological_order()
         nodes = genome.node_map
         self.inputs: dict[str, list[tuple[str, int]]] = {}
@@ -99,13 +84,13 @@ class GenomeNet(nn.Module):
                 math.ceil(merged[2] / stride),
             )
         self.shapes = shapes
-        self.classifier = nn.Linear(shapes[self.output_id][0], num_classes)
-        shape = (1, in_channels, 1, 1)
-        self.register_buffer("mean", torch.tensor(mean if mean is not None else [0.0] * in_channels).view(shape))
-        self.register_buffer("std", torch.tensor(std if std is not None else [1.0] * in_channels).view(shape))
+
+    @property
+    def output_shape(self) -> Shape:
+        return self.shapes[self.output_id]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        values = {self.input_id: self.stem((x - self.mean) / self.std)}
+        values = {self.input_id: x}
         for node_id in self.order:
             if node_id == self.input_id:
                 continue
@@ -114,9 +99,52 @@ class GenomeNet(nn.Module):
                 aligned = self.edge_modules[edge](values[pred])
                 merged = aligned if merged is None else merged + aligned
             if node_id == self.output_id:
-                return self.classifier(merged.mean(dim=(2, 3)))
+                return merged
             values[node_id] = self.ops[self.op_keys[node_id]](merged)
         raise AssertionError("a validated genome always reaches its output node")
+
+
+class Normalize(nn.Module):
+    """Per-channel ``(x - mean) / std`` with the constants stored in the model (and its ONNX export)."""
+
+    def __init__(self, channels: int, mean: Sequence[float] | None, std: Sequence[float] | None) -> None:
+        super().__init__()
+        shape = (1, channels, 1, 1)
+        self.register_buffer("mean", torch.tensor(mean if mean is not None else [0.0] * channels).view(shape))
+        self.register_buffer("std", torch.tensor(std if std is not None else [1.0] * channels).view(shape))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+class GenomeNet(GenomeCell):
+    """The network of one genome inside a fixed skeleton.
+
+    Inputs are normalised, then a stem (3x3 conv, BN, ReLU) feeds the genome's ``input`` node, as in
+    most cell-based NAS; the ``output`` node is pooled and classified.
+    """
+
+    def __init__(
+        self,
+        genome: Genome,
+        input_shape: Sequence[int],
+        num_classes: int,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        stem_channels: int = DEFAULT_STEM_CHANNELS,
+    ) -> None:
+        in_channels, h, w = (int(v) for v in input_shape)
+        super().__init__(genome, (stem_channels, h, w))
+        self.normalize = Normalize(in_channels, mean, std)
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, stem_channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(stem_channels),
+            nn.ReLU(),
+        )
+        self.classifier = nn.Linear(self.output_shape[0], num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(super().forward(self.stem(self.normalize(x))).mean(dim=(2, 3)))
 
 
 def build_model(

@@ -11,6 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from nas_core.data import SOURCES
+from nas_core.hparams import check_choices
 from nas_core.spaces import SPACES
 from nas_core.strategies import STRATEGIES
 
@@ -48,6 +49,33 @@ class SearchConfig(BaseModel):
     min_nodes: int = Field(2, ge=1, description="fewest ops in a genome")
     max_nodes: int = Field(6, ge=1, description="most ops in a genome")
     init_genome: Path | None = Field(None, description="genome JSON file to evaluate first")
+    evaluator: str = Field("train", description="'train' (real training) or 'table:PATH' (a tabular benchmark)")
+    select_metric: str = Field("val_acc_200", description="table column used to select (table evaluator)")
+    report_metric: str = Field("test_acc_200", description="table column reported, never used to select")
+    max_params: int | None = Field(None, ge=1, description="only propose architectures with at most this many parameters")
+    max_flops: int | None = Field(None, ge=1, description="only propose architectures with at most this many FLOPs")
+    hparams: dict[str, list[Any]] | None = Field(
+        None, description="training hyperparameters searched with the architecture, e.g. {lr: [0.001, 0.01]}"
+    )
+
+    @field_validator("hparams")
+    @classmethod
+    def _valid_hparams(cls, value: dict[str, list[Any]] | None) -> dict[str, list[Any]] | None:
+        if value:
+            check_choices(value)
+        return value
+
+    @field_validator("evaluator")
+    @classmethod
+    def _known_evaluator(cls, value: str) -> str:
+        if value != "train" and not (value.startswith("table:") and len(value) > len("table:")):
+            raise ValueError(f"unknown evaluator '{value}'; use 'train' or 'table:PATH'")
+        return value
+
+    @property
+    def table_path(self) -> Path | None:
+        """The table file of a ``table:PATH`` evaluator."""
+        return Path(self.evaluator.removeprefix("table:")) if self.evaluator.startswith("table:") else None
 
     @field_validator("dataset")
     @classmethod
@@ -66,7 +94,8 @@ class SearchConfig(BaseModel):
 
     @property
     def experiment_name(self) -> str:
-        return self.experiment or f"nas-{self.dataset}"
+        default = f"nas-{self.table_path.stem}" if self.table_path else f"nas-{self.dataset}"
+        return self.experiment or default
 
 
 def _known(kind: str, value: str, registry: dict[str, Any]) -> str:
@@ -111,6 +140,8 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
         config = SearchConfig(**values)
     except ValidationError as exc:
         raise ConfigError(_one_line(exc)) from None
+    if config.table_path is not None and not hasattr(SPACES[config.space](), "arch_string"):
+        raise ConfigError("the table evaluator needs a space whose genomes are table keys; add --space nb201")
     if config.min_nodes > config.max_nodes:
         raise ConfigError(f"min_nodes ({config.min_nodes}) must not exceed max_nodes ({config.max_nodes})")
     return config

@@ -7,6 +7,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from nas_core.hparams import check_hparams
 from nas_core.ops import INPUT_OP, OUTPUT_OP, OpSettingsError, check_op
 
 GENOME_FORMAT = 1
@@ -38,13 +39,14 @@ class Genome:
 
     nodes: tuple[Node, ...]
     edges: tuple[tuple[str, str], ...]
+    hparams: dict[str, Any] = field(default_factory=dict)  # training hyperparameters searched with it
 
     # ---- construction and JSON -------------------------------------------------------------
     @classmethod
     def from_dict(cls, data: Any) -> Genome:
         if not isinstance(data, dict):
             raise GenomeError("genome JSON must be an object with 'nodes' and 'edges'")
-        unknown = set(data) - {"format", "nodes", "edges"}
+        unknown = set(data) - {"format", "nodes", "edges", "hparams"}
         if unknown:
             raise GenomeError(f"genome JSON has unknown keys: {', '.join(sorted(unknown))}")
         if data.get("format", GENOME_FORMAT) != GENOME_FORMAT:
@@ -65,7 +67,10 @@ class Genome:
             if not (isinstance(raw, (list, tuple)) and len(raw) == 2 and all(isinstance(x, str) for x in raw)):
                 raise GenomeError(f"edge #{i} must be a pair of node ids, got {raw!r}")
             edges.append((raw[0], raw[1]))
-        return cls(tuple(nodes), tuple(edges))
+        hparams = data.get("hparams", {})
+        if not isinstance(hparams, dict):
+            raise GenomeError("genome 'hparams' must be an object of training hyperparameters")
+        return cls(tuple(nodes), tuple(edges), dict(hparams))
 
     @classmethod
     def from_json(cls, text: str) -> Genome:
@@ -76,11 +81,14 @@ class Genome:
         return cls.from_dict(data)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "format": GENOME_FORMAT,
             "nodes": [n.to_dict() for n in self.nodes],
             "edges": [list(e) for e in self.edges],
         }
+        if self.hparams:
+            data["hparams"] = dict(sorted(self.hparams.items()))
+        return data
 
     def to_json(self, indent: int | None = None) -> str:
         return json.dumps(self.to_dict(), indent=indent, sort_keys=False)
@@ -128,6 +136,10 @@ class Genome:
     # ---- validation ----------------------------------------------------------------------
     def validate(self) -> Genome:
         """Raise GenomeError naming the first problem; return self when the genome is valid."""
+        try:
+            check_hparams(self.hparams)
+        except ValueError as exc:
+            raise GenomeError(str(exc)) from None
         ids = [n.id for n in self.nodes]
         dupes = sorted({i for i in ids if ids.count(i) > 1})
         if dupes:
@@ -228,7 +240,10 @@ def canonical_form(genome: Genome) -> str:
         order = sorted(range(len(ids)), key=colours.__getitem__)
         pos = {v: i for i, v in enumerate(order)}
         edges = sorted((pos[index[s]], pos[index[d]]) for s, d in genome.edges)
-        return json.dumps({"nodes": [labels[v] for v in order], "edges": edges})
+        form: dict[str, Any] = {"nodes": [labels[v] for v in order], "edges": edges}
+        if genome.hparams:
+            form["hparams"] = genome.hparams
+        return json.dumps(form, sort_keys=True)
 
     best: list[str] = []
 

@@ -26,7 +26,8 @@ def count_params(model: nn.Module) -> int:
 
 def count_flops(model: nn.Module, input_shape: Sequence[int]) -> int:
     """FLOPs of one forward pass on a single input, counted by ``torch.utils.flop_counter``."""
-    device = next(model.parameters()).device
+    first = next(model.parameters(), None)
+    device = first.device if first is not None else torch.device("cpu")
     was_training = model.training
     model.eval()
     try:

@@ -108,3 +108,49 @@ def avgpool(in_ch: int, s: dict[str, Any]) -> nn.Module:
 def identity(in_ch: int, s: dict[str, Any]) -> nn.Module:
     """Skip connection: passes its (merged) input through."""
     return nn.Identity()
+
+
+# NAS-Bench-201 edge ops (Dong & Yang, 2020): channel-preserving, stride 1, ReLU-Conv-BN order.
+class Zero(nn.Module):
+    """The ``none`` op: its output is zero, so the edge carries nothing."""
+
+    def forward(self, x):
+        return x * 0.0
+
+
+def _relu_conv_bn(channels: int, kernel: int) -> nn.Module:
+    return nn.Sequential(
+        nn.ReLU(inplace=False),
+        nn.Conv2d(channels, channels, kernel, padding=kernel // 2, bias=False),
+        nn.BatchNorm2d(channels),
+    )
+
+
+@register_op("nor_conv_1x1")
+def nor_conv_1x1(in_ch: int, s: dict[str, Any]) -> nn.Module:
+    """NAS-Bench-201's ReLU, 1x1 conv, BN."""
+    return _relu_conv_bn(in_ch, 1)
+
+
+@register_op("nor_conv_3x3")
+def nor_conv_3x3(in_ch: int, s: dict[str, Any]) -> nn.Module:
+    """NAS-Bench-201's ReLU, 3x3 conv, BN."""
+    return _relu_conv_bn(in_ch, 3)
+
+
+@register_op("avg_pool_3x3")
+def avg_pool_3x3(in_ch: int, s: dict[str, Any]) -> nn.Module:
+    """NAS-Bench-201's 3x3 average pooling, stride 1."""
+    return nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False)
+
+
+@register_op("skip_connect")
+def skip_connect(in_ch: int, s: dict[str, Any]) -> nn.Module:
+    """NAS-Bench-201's identity edge."""
+    return nn.Identity()
+
+
+@register_op("none")
+def none(in_ch: int, s: dict[str, Any]) -> nn.Module:
+    """NAS-Bench-201's zero edge."""
+    return Zero()

@@ -5,6 +5,7 @@ The Prefect flow calls these steps as tasks; nothing here knows about Prefect.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import secrets
@@ -21,16 +22,19 @@ from torch import nn
 from nas_core import versioning
 from nas_core.config import SearchConfig
 from nas_core.data import PreparedData, load_prepared, prepare_dataset
+from nas_core.evaluators import TableEvaluator
 from nas_core.export import ExportReport, export_onnx
 from nas_core.genome import Genome
-from nas_core.spaces import create_space
-from nas_core.spaces.image import describe_genome
+from nas_core.spaces import SPACES, create_space
 from nas_core.strategies import CandidateResult, Proposal, Strategy, create_strategy
 from nas_core.tracking import ARTIFACTS_DIR_NAME, SearchTracker, resolve_tracking_uri, ui_command
 from nas_core.training import TrainConfig, train_genome
 
 EPOCH_METRICS = ("train_loss", "val_loss", "val_accuracy", "val_f1")
 DATA_SEED = 0  # the split never depends on the search seed: one dataset version per source
+# tabular benchmarks (NAS-Bench-201) are on CIFAR-10: costs are computed for its inputs
+TABLE_INPUT_SHAPE = (3, 32, 32)
+TABLE_NUM_CLASSES = 10
 
 
 @dataclass(frozen=True)
@@ -55,10 +59,10 @@ class CandidateRecord:
     reason: str = ""
     metrics: dict[str, float] = field(default_factory=dict)
     model: nn.Module | None = None
+    hash: str = ""  # the identity in the search space
 
-    @property
-    def hash(self) -> str:
-        return self.genome.canonical_hash()
+    def __post_init__(self) -> None:
+        self.hash = self.hash or self.genome.canonical_hash()
 
     @property
     def ok(self) -> bool:
@@ -101,6 +105,12 @@ def prepare_and_version(name: str, project_dir: Path) -> DatasetRef:
     return DatasetRef(name, version, path)
 
 
+def space_options(config: SearchConfig) -> dict[str, Any]:
+    """The config settings that the chosen space takes (e.g. min_nodes/max_nodes for ``image``)."""
+    accepted = {f.name for f in dataclasses.fields(SPACES[config.space])}
+    return {k: v for k, v in {"min_nodes": config.min_nodes, "max_nodes": config.max_nodes}.items() if k in accepted}
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON so that a reader (or a crash) never sees half a file."""
     tmp = path.with_name(f".{path.name}.tmp")
@@ -116,8 +126,14 @@ class SearchRun:
         self.search_id = search_id or new_search_id()
         self.output = Path(config.output or Path("outputs") / self.search_id).resolve()
         self.project_dir = Path(config.project_dir).resolve()
-        self.space = create_space(config.space, min_nodes=config.min_nodes, max_nodes=config.max_nodes)
-        self.strategy: Strategy = create_strategy(config.strategy, self.space, seed=config.seed, population=config.population)
+        self.space = create_space(config.space, hparams=config.hparams, **space_options(config))
+        self.strategy: Strategy = create_strategy(
+            config.strategy, self.space, seed=config.seed, population=config.population, constraint=self.within_limits
+        )
+        self.table = (
+            TableEvaluator.load(config.table_path, config.select_metric, config.report_metric) if config.table_path else None
+        )
+        self._costs: dict[str, dict[str, int]] = {}
         if config.init_genome is not None:
             self.strategy.enqueue(Genome.from_json(Path(config.init_genome).read_text()))
         self.records: list[CandidateRecord] = []
@@ -132,10 +148,13 @@ class SearchRun:
 
     # ---- stages ---------------------------------------------------------------------------
     def prepare(self) -> DatasetRef:
-        """Prepare and version the data, then open the search's parent run in MLflow."""
+        """Prepare and version the data (or the table), then open the search's parent run in MLflow."""
         self.output.mkdir(parents=True, exist_ok=True)
-        self.dataset = prepare_and_version(self.config.dataset, self.project_dir)
-        self.data = load_prepared(self.project_dir / versioning.DATA_DIR, self.config.dataset)
+        if self.table is not None:
+            self.dataset = DatasetRef(f"table:{self.table.path.name}", self.table.version, self.table.path.resolve())
+        else:
+            self.dataset = prepare_and_version(self.config.dataset, self.project_dir)
+            self.data = load_prepared(self.project_dir / versioning.DATA_DIR, self.config.dataset)
         tracking_uri = resolve_tracking_uri(self.project_dir)
         self.tracker = SearchTracker(tracking_uri, self.config.experiment_name, self.project_dir / ARTIFACTS_DIR_NAME)
         params = {k: v for k, v in self.config.model_dump(mode="json").items() if v is not None}
@@ -154,6 +173,28 @@ class SearchRun:
         write_json_atomic(self.output / "search.json", {"search_id": self.search_id, "mlflow_run_id": self.run_id})
         return self.dataset
 
+    def input_spec(self) -> tuple[tuple[int, ...], int]:
+        """Input shape and class count the networks are built for (CIFAR-10's for tables)."""
+        if self.data is not None:
+            return tuple(self.data.input_shape), self.data.num_classes
+        return TABLE_INPUT_SHAPE, TABLE_NUM_CLASSES
+
+    def cost(self, genome: Genome) -> dict[str, int]:
+        """Parameters and FLOPs of a genome's network, cached by identity."""
+        key = self.space.identity(genome)
+        if key not in self._costs:
+            self._costs[key] = self.space.cost(genome, *self.input_spec())
+        return self._costs[key]
+
+    def within_limits(self, genome: Genome) -> bool:
+        """The ``max_params`` / ``max_flops`` constraint every strategy honours."""
+        if self.config.max_params is None and self.config.max_flops is None:
+            return True
+        cost = self.cost(genome)
+        return (self.config.max_params is None or cost["params"] <= self.config.max_params) and (
+            self.config.max_flops is None or cost["flops"] <= self.config.max_flops
+        )
+
     def remaining(self) -> int:
         return self.config.budget - len(self.records)
 
@@ -162,9 +203,10 @@ class SearchRun:
         self.generation += 1
         return self.strategy.ask(min(self.config.population, self.remaining()))
 
-    def train_config(self) -> TrainConfig:
+    def train_config(self, genome: Genome | None = None) -> TrainConfig:
+        """The search-wide training settings, overridden by the genome's own hyperparameters."""
         c = self.config
-        return TrainConfig(
+        settings = TrainConfig(
             epochs=c.epochs,
             batch_size=c.batch_size,
             optimizer=c.optimizer,
@@ -173,15 +215,20 @@ class SearchRun:
             seed=c.seed,
             time_limit_s=c.candidate_timeout,
         )
+        return dataclasses.replace(settings, **genome.hparams) if genome is not None else settings
 
     def evaluate(self, proposal: Proposal, index: int) -> CandidateRecord:
-        """Train one proposal under its own nested MLflow run; a bad candidate fails, never raises."""
-        assert self.tracker is not None and self.data is not None and self.dataset is not None
-        genome, train_config = proposal.genome, self.train_config()
+        """Train (or look up) one proposal under its own nested MLflow run; a bad candidate fails, never raises."""
+        assert self.tracker is not None and self.dataset is not None
+        genome = proposal.genome
+        train_config = self.train_config(genome)
+        settings = (
+            {"evaluator": self.config.evaluator} if self.table else {f"train.{k}": v for k, v in vars(train_config).items()}
+        )
         parent_run_ids = [self.by_hash[h].mlflow_run_id for h in proposal.parents if h in self.by_hash]
         run_id = self.tracker.start_run(
             f"candidate-{index:03d}-{proposal.hash[:8]}",
-            {**describe_genome(genome), **{f"train.{k}": v for k, v in vars(train_config).items()}},
+            {**self.space.describe(genome), **settings},
             {
                 "search_id": self.search_id,
                 "role": "candidate",
@@ -200,14 +247,20 @@ class SearchRun:
         )
         self.tracker.log_json(run_id, genome.to_dict(), "genome.json")
         record = CandidateRecord(
-            index, self.generation, genome, proposal.origin, list(proposal.parents), parent_run_ids, run_id, "failed"
-        )
+            index, self.generation, genome, proposal.origin, list(proposal.parents), parent_run_ids, run_id, "failed",
+            hash=proposal.hash,
+        )  # fmt: skip
         try:
+            if self.table is not None:
+                record.status, record.metrics = "ok", {**self.table.evaluate(self.space, genome), **self.cost(genome)}
+                return self._finish_candidate(record)
+            assert self.data is not None
             result = train_genome(
                 genome,
                 self.data,
                 train_config,
                 on_epoch=lambda m: self.tracker.log_metrics(run_id, {k: getattr(m, k) for k in EPOCH_METRICS}, step=m.epoch),
+                build=self.space.build,
             )
             record.status, record.reason, record.metrics, record.model = (
                 result.status,
@@ -216,8 +269,15 @@ class SearchRun:
                 result.model,
             )
         except Exception as exc:  # a broken candidate must not end the search
+            record.status = "failed"
             record.reason = f"error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-        final = {k: v for k, v in record.metrics.items() if k not in EPOCH_METRICS}  # those are in the history
+        return self._finish_candidate(record)
+
+    def _finish_candidate(self, record: CandidateRecord) -> CandidateRecord:
+        """Log final metrics, status and reason; close the candidate's run."""
+        assert self.tracker is not None
+        run_id = record.mlflow_run_id
+        final = {k: v for k, v in record.metrics.items() if k not in EPOCH_METRICS or self.table}  # else in the history
         if final:
             self.tracker.log_metrics(run_id, final, step=self.config.epochs)
         self.tracker.set_tags(run_id, {"status": record.status, **({"failure_reason": record.reason} if record.reason else {})})
@@ -230,7 +290,7 @@ class SearchRun:
         """Tell the strategy, keep the best model only, checkpoint the strategy; return the best so far."""
         self.strategy.tell(
             [
-                CandidateResult(r.genome, r.status, r.metrics.get("val_accuracy") if r.ok else None, r.reason, r.metrics)
+                CandidateResult(r.genome, r.status, r.metrics.get("val_accuracy") if r.ok else None, r.reason, r.metrics, r.hash)
                 for r in records
             ]
         )
@@ -259,6 +319,11 @@ class SearchRun:
     def best(self) -> CandidateRecord | None:
         finished = [r for r in self.records if r.ok]
         return max(finished, key=CandidateRecord.selection_key) if finished else None
+
+    def can_export(self) -> bool:
+        """A trained best model exists (table evaluations have no weights to export)."""
+        best = self.best()
+        return best is not None and best.model is not None
 
     def export(self) -> ExportReport:
         """Export the best candidate to ``<output>/model.onnx`` (verified) and log it on the parent run."""
@@ -299,6 +364,7 @@ class SearchRun:
             "mlflow_experiment": self.config.experiment_name,
             "mlflow_run_id": self.run_id,
             "mlflow_ui": ui_command(self.tracker.tracking_uri),
+            "output": str(self.output),
             "dataset": {"name": self.dataset.name, "version": self.dataset.version},
             "strategy": self.config.strategy,
             "budget": self.config.budget,
@@ -307,19 +373,19 @@ class SearchRun:
             "candidates": [r.summary() for r in self.records],
             "best": None,
         }
-        if best is not None and report is not None:
+        if best is not None:
             summary["best"] = {
                 "hash": best.hash,
                 "mlflow_run_id": best.mlflow_run_id,
                 "val_accuracy": best.metrics["val_accuracy"],
                 "val_f1": best.metrics.get("val_f1"),
                 "test_accuracy": best.metrics["test_accuracy"],
-                "test_f1": best.metrics["test_f1"],
+                "test_f1": best.metrics.get("test_f1"),
                 "params": int(best.metrics["params"]),
                 "flops": int(best.metrics["flops"]),
                 "genome": best.genome.to_dict(),
-                "onnx_path": str(report.path),
-                "onnx_max_abs_diff": report.max_abs_diff,
+                "onnx_path": str(report.path) if report else None,
+                "onnx_max_abs_diff": report.max_abs_diff if report else None,
             }
         write_json_atomic(self.output / "summary.json", summary)
         self.tracker.log_artifact(self.run_id, self.output / "summary.json")

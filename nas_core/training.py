@@ -170,9 +170,10 @@ def train_genome(
     data: PreparedData,
     config: TrainConfig,
     on_epoch: Callable[[EpochMetrics], None] | None = None,
+    build: Callable[..., nn.Module] = build_model,
 ) -> TrainResult:
-    """Build ``genome`` with weights seeded by ``config.seed`` and :func:`fit` it."""
+    """Build ``genome`` (``build(genome, shape, classes, mean, std)``) seeded by ``config.seed``, then :func:`fit` it."""
     with _INIT_LOCK:
         torch.manual_seed(config.seed)
-        model = build_model(genome, data.input_shape, data.num_classes, data.mean, data.std)
+        model = build(genome, data.input_shape, data.num_classes, data.mean, data.std)
     return fit(model, data, config, on_epoch)

@@ -156,9 +156,9 @@ def test_model_normalises_with_mean_and_std(train):
     input_shape, mean, std = (3, 7, 9), [0.5, -0.25, 2.0], [0.2, 1.5, 3.0]
     normalising = build_model(DIAMOND, input_shape, 4, mean=mean, std=std)
     plain = build_model(DIAMOND, input_shape, 4)
-    weights = {k: v for k, v in normalising.state_dict().items() if k not in ("mean", "std")}
+    weights = {k: v for k, v in normalising.state_dict().items() if k not in ("normalize.mean", "normalize.std")}
     result = plain.load_state_dict(weights, strict=False)
-    assert sorted(result.missing_keys) == ["mean", "std"] and not result.unexpected_keys
+    assert sorted(result.missing_keys) == ["normalize.mean", "normalize.std"] and not result.unexpected_keys
     for model in (normalising, plain):
         model.train(train)
 
@@ -175,12 +175,12 @@ def test_model_normalises_with_mean_and_std(train):
 def test_mean_and_std_are_saved_buffers():
     model = build_model(CHAIN, (3, 5, 5), 2, mean=[0.1, 0.2, 0.3], std=[1.0, 2.0, 4.0])
     state = model.state_dict()
-    torch.testing.assert_close(state["mean"].flatten(), torch.tensor([0.1, 0.2, 0.3]))
-    torch.testing.assert_close(state["std"].flatten(), torch.tensor([1.0, 2.0, 4.0]))
-    assert "mean" not in dict(model.named_parameters())
+    torch.testing.assert_close(state["normalize.mean"].flatten(), torch.tensor([0.1, 0.2, 0.3]))
+    torch.testing.assert_close(state["normalize.std"].flatten(), torch.tensor([1.0, 2.0, 4.0]))
+    assert "normalize.mean" not in dict(model.named_parameters())
     default = build_model(CHAIN, (3, 5, 5), 2).state_dict()
-    assert torch.equal(default["mean"].flatten(), torch.zeros(3))
-    assert torch.equal(default["std"].flatten(), torch.ones(3))
+    assert torch.equal(default["normalize.mean"].flatten(), torch.zeros(3))
+    assert torch.equal(default["normalize.std"].flatten(), torch.ones(3))
 
 
 def test_stem_channels_and_classifier_width():

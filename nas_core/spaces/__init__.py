@@ -52,6 +52,9 @@ class SearchSpace(Protocol):
     ) -> nn.Module:
         """The trainable network of a genome."""
 
+    def cost(self, genome: Genome, input_shape: tuple[int, ...], num_classes: int) -> dict[str, int]:
+        """``params`` and ``flops`` of the built network, without training it."""
+
     def describe(self, genome: Genome) -> dict[str, Any]:
         """Flat, comparable parameters of a genome (for MLflow's compare view)."""
 
@@ -69,10 +72,16 @@ def register_space(name: str):
     return decorate
 
 
-def create_space(name: str, **options: Any) -> SearchSpace:
+def create_space(name: str, hparams: dict[str, list[Any]] | None = None, **options: Any) -> SearchSpace:
+    """The space registered as ``name``; with ``hparams`` (name -> choices) it also searches those."""
     if name not in SPACES:
         raise ValueError(f"unknown search space '{name}' (known: {', '.join(sorted(SPACES))})")
-    return SPACES[name](**options)
+    space = SPACES[name](**options)
+    if hparams:
+        from nas_core.spaces.joint import JointSpace
+
+        space = JointSpace(space, hparams)
+    return space
 
 
-from nas_core.spaces import image  # noqa: E402,F401  (registers the built-in spaces)
+from nas_core.spaces import image, nb201  # noqa: E402,F401  (registers the built-in spaces)

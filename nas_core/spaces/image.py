@@ -16,6 +16,7 @@ from torch import nn
 
 from nas_core.builder import build_model
 from nas_core.genome import Genome, Node
+from nas_core.metrics import count_flops, count_params
 from nas_core.ops import INPUT_OP, OPS, OUTPUT_OP
 from nas_core.spaces import SpaceExhausted, register_space
 
@@ -208,9 +209,11 @@ class ImageSpace:
         for i, node in enumerate(hidden):
             for op in self.ops:
                 if op != node.op:
-                    settings = {k: node.settings.get(k, self._choices(op, k)[0]) for k in OPS[op].settings}
-                    if "stride" in settings:
-                        settings["stride"] = node.settings.get("stride", 1)
+                    settings = {}
+                    for key in OPS[op].settings:  # keep the node's values where the new op allows them
+                        choices = self._choices(op, key)
+                        kept = node.settings.get(key, 1 if key == "stride" else None)
+                        settings[key] = kept if kept in choices else choices[0]
                     children.append(self._assemble(_replace(hidden, i, Node(node.id, op, settings)), edges))
             for key in sorted(node.settings):
                 for value in self._choices(node.op, key):
@@ -261,6 +264,11 @@ class ImageSpace:
 
     def build(self, genome, input_shape, num_classes, mean=None, std=None) -> nn.Module:
         return build_model(genome, input_shape, num_classes, mean, std)
+
+    def cost(self, genome: Genome, input_shape: tuple[int, ...], num_classes: int) -> dict[str, int]:
+        """Parameters and FLOPs of the built network (these models are small enough to build)."""
+        model = build_model(genome, input_shape, num_classes)
+        return {"params": count_params(model), "flops": count_flops(model, input_shape)}
 
     def describe(self, genome: Genome) -> dict[str, Any]:
         """Flat, comparable parameters of a genome (for MLflow's compare view)."""

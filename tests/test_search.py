@@ -1,0 +1,72 @@
+"""SearchRun, the library side of the flow, driven directly (no Prefect): failures, hyperparameters, summary."""
+
+import json
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from nas_core.config import SearchConfig
+from nas_core.search import SearchRun
+
+
+def _run(project, **settings):
+    config = SearchConfig(project_dir=project, output=project / "out", epochs=1, population=2, budget=2, **settings)
+    run = SearchRun(config, search_id="direct")
+    run.prepare()
+    while run.remaining() > 0:
+        proposals = run.propose()
+        start = len(run.records)
+        run.select([run.evaluate(p, start + i + 1) for i, p in enumerate(proposals)])
+    return run
+
+
+def test_genome_hyperparameters_drive_training_and_are_logged(project):
+    run = _run(project, hparams={"batch_size": [16, 32], "lr": [0.002]})
+    client = MlflowClient(run.tracker.tracking_uri)
+    for record in run.records:
+        params = client.get_run(record.mlflow_run_id).data.params
+        assert record.genome.hparams["batch_size"] in (16, 32)
+        assert params["train.batch_size"] == str(record.genome.hparams["batch_size"])
+        assert params["hparam.batch_size"] == str(record.genome.hparams["batch_size"])
+        assert params["train.lr"] == "0.002"
+
+
+def test_candidates_that_fail_are_recorded_and_an_all_failed_search_says_so(project):
+    run = _run(project, candidate_timeout=1e-6)
+    assert [r.status for r in run.records] == ["failed", "failed"]
+    assert all(r.reason.startswith("timeout") for r in run.records)
+    assert run.best() is None and not run.can_export()
+    summary = run.finish(None)
+    client = MlflowClient(run.tracker.tracking_uri)
+    assert summary["best"] is None
+    assert client.get_run(run.run_id).info.status == "FAILED"
+    for record in run.records:
+        remote = client.get_run(record.mlflow_run_id)
+        assert remote.info.status == "FAILED"
+        assert remote.data.tags["nas.failure_reason"].startswith("timeout")
+    on_disk = json.loads((project / "out" / "summary.json").read_text())
+    assert on_disk["candidates"][0]["reason"].startswith("timeout")
+
+
+def test_best_is_chosen_by_validation_never_by_test(project):
+    run = _run(project)
+    a, b = run.records
+    a.metrics.update(val_accuracy=0.9, test_accuracy=0.1, params=10)
+    b.metrics.update(val_accuracy=0.8, test_accuracy=1.0, params=10)
+    assert run.best() is a
+    b.metrics.update(val_accuracy=0.9, val_f1=a.metrics["val_f1"], params=5)
+    assert run.best() is b, "ties on validation go to the smaller model"
+
+
+def test_max_params_is_a_constraint_on_proposals(project):
+    run = _run(project, max_params=3_000)
+    assert all(r.metrics.get("params", 0) <= 3_000 for r in run.records)
+    assert all(run.cost(r.genome)["params"] <= 3_000 for r in run.records)
+
+
+@pytest.mark.parametrize("space", ["image", "nb201"])
+def test_space_options_only_reach_spaces_that_take_them(space):
+    from nas_core.search import space_options
+
+    options = space_options(SearchConfig(space=space, min_nodes=3, max_nodes=4))
+    assert options == ({"min_nodes": 3, "max_nodes": 4} if space == "image" else {})

@@ -50,6 +50,9 @@ class TableEvaluator:
         for column in (select_metric, report_metric):
             if column not in first:
                 raise TableError(f"table {path} has no column '{column}' (columns: {', '.join(sorted(first))})")
+            lacking = next((key for key, row in rows.items() if not isinstance(row.get(column), (int, float))), None)
+            if lacking is not None:
+                raise TableError(f"table {path}: architecture {lacking} has no number in column '{column}'")
         return cls(path, rows, hashlib.sha256(raw).hexdigest()[:32], select_metric, report_metric)
 
     def key(self, space: Any, genome: Genome) -> str:

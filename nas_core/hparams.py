@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import random
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -9,12 +11,16 @@ from typing import Any
 OPTIMIZERS = ("adam", "adamw", "sgd")
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _positive_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+    return _number(value) and value > 0
 
 
 def _non_negative_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
+    return _number(value) and value >= 0
 
 
 def _positive_int(value: Any) -> bool:
@@ -47,6 +53,8 @@ def check_choices(choices: Mapping[str, Sequence[Any]]) -> None:
             raise ValueError(f"hyperparameter '{name}' needs a non-empty list of choices")
         for value in options:
             check_hparams({name: value})
+        if len({json.dumps(v) for v in options}) != len(options) or len(set(options)) != len(options):
+            raise ValueError(f"hyperparameter '{name}' lists a choice twice: {list(options)}")
 
 
 def sample(choices: Mapping[str, Sequence[Any]], rng: random.Random) -> dict[str, Any]:

@@ -42,9 +42,13 @@ class JointSpace:
 
     def __getattr__(self, name: str) -> Any:  # e.g. arch_string of a tabular space
         attribute = getattr(self.base, name)
-        if callable(attribute):
-            return lambda genome, *args, **kwargs: attribute(_strip(genome), *args, **kwargs)
-        return attribute
+        if not callable(attribute):
+            return attribute
+
+        def delegate(*args: Any, **kwargs: Any) -> Any:  # the base space sees genomes without hparams
+            return attribute(*(_strip(a) if isinstance(a, Genome) else a for a in args), **kwargs)
+
+        return delegate
 
     def sample(self, rng: random.Random) -> Genome:
         return _with(self.base.sample(rng), hp.sample(self.choices, rng))

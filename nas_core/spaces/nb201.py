@@ -83,6 +83,9 @@ def genome_to_cell(genome: Genome) -> Cell:
         cell = tuple(nodes[f"e{to}_{source}"].op for to, source in EDGES)
     except KeyError:
         raise ValueError("not a NAS-Bench-201 cell genome (missing edge nodes e1_0 .. e3_2)") from None
+    foreign = sorted(set(cell) - set(NB201_OPS))
+    if foreign:
+        raise ValueError(f"not a NAS-Bench-201 cell genome (ops {', '.join(foreign)} are not NAS-Bench-201 ops)")
     if cell_to_genome(cell) != genome:
         raise ValueError("not a NAS-Bench-201 cell genome (unexpected nodes, ops or wiring)")
     return cell
@@ -143,7 +146,8 @@ class ResidualReduction(nn.Module):
         super().__init__()
         self.conv_a = nn.Sequential(nn.ReLU(), nn.Conv2d(c_in, c_out, 3, 2, 1, bias=False), nn.BatchNorm2d(c_out))
         self.conv_b = nn.Sequential(nn.ReLU(), nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False), nn.BatchNorm2d(c_out))
-        self.shortcut = nn.Sequential(nn.AvgPool2d(2, 2), nn.Conv2d(c_in, c_out, 1, bias=False))
+        # ceil_mode: odd sizes round up like the stride-2 conv (identical to the benchmark on even sizes)
+        self.shortcut = nn.Sequential(nn.AvgPool2d(2, 2, ceil_mode=True), nn.Conv2d(c_in, c_out, 1, bias=False))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.shortcut(x) + self.conv_b(self.conv_a(x))

@@ -253,21 +253,17 @@ class SearchRun:
         try:
             if self.table is not None:
                 record.status, record.metrics = "ok", {**self.table.evaluate(self.space, genome), **self.cost(genome)}
-                return self._finish_candidate(record)
-            assert self.data is not None
-            result = train_genome(
-                genome,
-                self.data,
-                train_config,
-                on_epoch=lambda m: self.tracker.log_metrics(run_id, {k: getattr(m, k) for k in EPOCH_METRICS}, step=m.epoch),
-                build=self.space.build,
-            )
-            record.status, record.reason, record.metrics, record.model = (
-                result.status,
-                result.reason,
-                result.metrics(),
-                result.model,
-            )
+            else:
+                assert self.data is not None
+                result = train_genome(
+                    genome,
+                    self.data,
+                    train_config,
+                    on_epoch=lambda m: self.tracker.log_metrics(run_id, {k: getattr(m, k) for k in EPOCH_METRICS}, step=m.epoch),
+                    build=self.space.build,
+                )
+                record.status, record.reason, record.model = result.status, result.reason, result.model
+                record.metrics = result.metrics()
         except Exception as exc:  # a broken candidate must not end the search
             record.status = "failed"
             record.reason = f"error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"

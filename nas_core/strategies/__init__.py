@@ -7,7 +7,11 @@ from collections.abc import Callable
 from nas_core.genome import Genome
 from nas_core.spaces import SearchSpace
 from nas_core.strategies.base import CandidateResult, Proposal, Strategy
+from nas_core.strategies.bayesian import BayesianOptimization
 from nas_core.strategies.evolution import RegularizedEvolution
+from nas_core.strategies.genetic import GeneticAlgorithm
+from nas_core.strategies.local_search import LocalSearch
+from nas_core.strategies.multi_objective import NSGA2
 
 
 class RandomSearch(Strategy):
@@ -24,6 +28,14 @@ STRATEGIES: dict[str, Callable[[SearchSpace, int | None, int, Constraint | None]
     "evolution": lambda space, seed, population, constraint: RegularizedEvolution(
         space, seed=seed, constraint=constraint, population_size=population
     ),
+    "genetic": lambda space, seed, population, constraint: GeneticAlgorithm(
+        space, seed=seed, constraint=constraint, population_size=population
+    ),
+    "local": lambda space, seed, population, constraint: LocalSearch(space, seed=seed, constraint=constraint),
+    "nsga2": lambda space, seed, population, constraint: NSGA2(
+        space, seed=seed, constraint=constraint, population_size=population
+    ),
+    "bo": lambda space, seed, population, constraint: BayesianOptimization(space, seed=seed, constraint=constraint),
 }
 
 
@@ -41,4 +53,16 @@ def create_strategy(
     return STRATEGIES[name](space, seed, population, constraint)
 
 
-__all__ = ["STRATEGIES", "CandidateResult", "Proposal", "RandomSearch", "RegularizedEvolution", "Strategy", "create_strategy"]
+__all__ = [
+    "BayesianOptimization",
+    "NSGA2",
+    "STRATEGIES",
+    "CandidateResult",
+    "GeneticAlgorithm",
+    "LocalSearch",
+    "Proposal",
+    "RandomSearch",
+    "RegularizedEvolution",
+    "Strategy",
+    "create_strategy",
+]

@@ -1,0 +1,319 @@
+"""Benchmark search strategies on a NAS-Bench-201 table: simulated searches, no training.
+
+For every strategy and seed, one search on the ``nb201`` space: ask a batch, look the proposals up in
+the table, tell the select metric (nothing else: the report metric never reaches a strategy), until
+the largest budget. At each budget the search's result is the report metric of the architecture with
+the best select metric evaluated so far (ties: the first evaluated). Then per strategy and budget: mean
+and standard deviation over seeds, a normal 95 % interval of the mean, and the fraction of seeds whose
+result is the table's best-by-select architecture (up to isomorphism, i.e. the space's identity).
+
+    python benchmarks/strategies.py --table ../shared/benchmarks/nb201_cifar10.json --seeds 100 \\
+        --budgets 25,50,100,200 --json results.json
+
+``optuna-tpe`` is Optuna's TPE sampler over one categorical parameter per edge (the benchmark extra:
+``pip install 'nas-pipeline[bench]'``); every trial counts as a query, repeated architectures too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import multiprocessing
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # run as a script from a checkout
+    sys.path.insert(0, str(REPO_ROOT))
+
+from nas_core.evaluators import DEFAULT_REPORT_METRIC, DEFAULT_SELECT_METRIC, TableError, TableEvaluator  # noqa: E402
+from nas_core.spaces import create_space  # noqa: E402
+from nas_core.spaces.nb201 import EDGES, NB201_OPS, format_arch  # noqa: E402
+from nas_core.strategies import STRATEGIES, CandidateResult, create_strategy  # noqa: E402
+
+OPTUNA_TPE = "optuna-tpe"
+MISSING_OPTUNA = "optuna-tpe needs optuna: pip install 'nas-pipeline[bench]' (or pip install 'optuna>=3.6')"
+
+Trace = list[tuple[str, float, float]]  # per query: (identity, select value, report value)
+
+
+# ---- one simulated search -------------------------------------------------------------------
+
+
+class Simulation:
+    """A table, the nb201 space and the table's best; one per worker process."""
+
+    def __init__(self, table: str, select_metric: str, report_metric: str) -> None:
+        self.evaluator = TableEvaluator.load(table, select_metric, report_metric)
+        self.space = create_space("nb201")
+        best_key, _ = self.evaluator.best()
+        self.best_identity = self.space.identity(self.space.from_arch_string(best_key))
+
+    def lookup(self, arch: str) -> tuple[float, float]:
+        row = self.evaluator.rows.get(arch)
+        if row is None:
+            raise TableError(f"architecture {arch} is not in table {self.evaluator.path}")
+        return float(row[self.evaluator.select_metric]), float(row[self.evaluator.report_metric])
+
+    def run_strategy(self, name: str, seed: int, budget: int, batch: int, population: int) -> Trace:
+        """``budget`` queries of a registered strategy (fewer if the space runs out)."""
+        strategy = create_strategy(name, self.space, seed=seed, population=population)
+        trace: Trace = []
+        while len(trace) < budget:
+            proposals = strategy.ask(min(batch, budget - len(trace)))
+            if not proposals:
+                break
+            results = []
+            for proposal in proposals:
+                select, report = self.lookup(self.space.arch_string(proposal.genome))
+                trace.append((proposal.hash, select, report))
+                metrics = {self.evaluator.select_metric: select, "val_accuracy": select}
+                results.append(CandidateResult(proposal.genome, "ok", select, metrics=metrics, hash=proposal.hash))
+            strategy.tell(results)
+        return trace
+
+    def run_optuna_tpe(self, seed: int, budget: int) -> Trace:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        distributions = {f"edge{to}_{source}": optuna.distributions.CategoricalDistribution(NB201_OPS) for to, source in EDGES}
+        study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
+        trace: Trace = []
+        for _ in range(budget):
+            trial = study.ask(distributions)
+            cell = tuple(trial.params[f"edge{to}_{source}"] for to, source in EDGES)
+            select, report = self.lookup(format_arch(cell))
+            trace.append((self.space.identity(self.space.from_arch_string(format_arch(cell))), select, report))
+            study.tell(trial, select)
+        return trace
+
+    def outcomes(self, trace: Trace, budgets: Sequence[int]) -> list[tuple[float, bool] | None]:
+        """Per budget: (report value of the best-by-select so far, whether it is the table's best)."""
+        out: list[tuple[float, bool] | None] = []
+        best: tuple[str, float, float] | None = None
+        done = 0
+        for budget in budgets:
+            for entry in trace[done:budget]:
+                if best is None or entry[1] > best[1]:
+                    best = entry
+            done = max(done, min(budget, len(trace)))
+            out.append(None if len(trace) < budget or best is None else (best[2], best[0] == self.best_identity))
+        return out
+
+
+_SIMULATION: Simulation | None = None
+
+
+def _init_worker(table: str, select_metric: str, report_metric: str) -> None:
+    global _SIMULATION
+    _SIMULATION = Simulation(table, select_metric, report_metric)
+
+
+def _run_one(job: tuple[str, int, list[int], int, int]) -> tuple[list[tuple[float, bool] | None], float]:
+    name, seed, budgets, batch, population = job
+    assert _SIMULATION is not None
+    start = time.perf_counter()
+    if name == OPTUNA_TPE:
+        trace = _SIMULATION.run_optuna_tpe(seed, max(budgets))
+    else:
+        trace = _SIMULATION.run_strategy(name, seed, max(budgets), batch, population)
+    return _SIMULATION.outcomes(trace, budgets), time.perf_counter() - start
+
+
+# ---- aggregation and reporting --------------------------------------------------------------
+
+
+def summarise(strategy: str, budget: int, outcomes: Sequence[tuple[float, bool]]) -> dict[str, Any]:
+    values = [v for v, _ in outcomes]
+    n = len(values)
+    mean = sum(values) / n if n else math.nan
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+    half = 1.96 * std / math.sqrt(n) if n else math.nan
+    return {
+        "strategy": strategy,
+        "budget": budget,
+        "seeds": n,
+        "mean": mean,
+        "std": std,
+        "ci95": [mean - half, mean + half],
+        "found_best_frac": sum(found for _, found in outcomes) / n if n else math.nan,
+    }
+
+
+def print_table(results: Sequence[dict[str, Any]], report_metric: str) -> None:
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:  # plain text
+        print(f"{'strategy':<12} {'budget':>6} {'seeds':>5} {'mean ± std':>18} {'95% CI':>20} {'found_best':>10}")
+        for r in results:
+            print(
+                f"{r['strategy']:<12} {r['budget']:>6} {r['seeds']:>5} {r['mean']:>9.3f} ± {r['std']:<6.3f} "
+                f"[{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}] {r['found_best_frac']:>10.2f}"
+            )
+        return
+    table = Table(title=f"{report_metric} of the best-by-select architecture")
+    for column, justify in (("strategy", "left"), ("budget", "right"), ("seeds", "right"), ("mean ± std", "right")):
+        table.add_column(column, justify=justify)
+    table.add_column("95% CI", justify="right")
+    table.add_column("found_best_frac", justify="right")
+    for r in results:
+        table.add_row(
+            r["strategy"],
+            str(r["budget"]),
+            str(r["seeds"]),
+            f"{r['mean']:.3f} ± {r['std']:.3f}",
+            f"[{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}]",
+            f"{r['found_best_frac']:.2f}",
+        )
+    Console(width=120).print(table)
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def environment() -> dict[str, Any]:
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = bool(
+            subprocess.run(["git", "status", "--porcelain"], cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout
+        )
+    except (OSError, subprocess.CalledProcessError):
+        commit, dirty = None, None
+    return {
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+        },
+        "versions": {p: _version(p) for p in ("nas-pipeline", "numpy", "scipy", "scikit-learn", "torch", "optuna")},
+        "git_commit": commit,
+        "git_dirty": dirty,
+    }
+
+
+_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+@contextlib.contextmanager
+def _single_threaded_children() -> Iterator[None]:
+    """Worker processes started inside use one BLAS thread each (they run in parallel over seeds)."""
+    saved = {name: os.environ.get(name) for name in _THREAD_VARIABLES}
+    os.environ.update(dict.fromkeys(_THREAD_VARIABLES, "1"))
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+# ---- the command line -----------------------------------------------------------------------
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = sorted({int(v) for v in text.split(",") if v.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of integers") from None
+    if not values or values[0] < 1:
+        raise argparse.ArgumentTypeError("budgets must be positive integers")
+    return values
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--table", required=True, help="JSON table {arch string: {column: value}}")
+    parser.add_argument("--budget", type=int, default=100, help="queries per search (when --budgets is not given)")
+    parser.add_argument("--budgets", type=_int_list, default=None, help="comma-separated budgets, e.g. 25,50,100,200")
+    parser.add_argument("--seeds", type=int, default=100, help="searches per strategy (seeds 0 .. N-1)")
+    parser.add_argument("--strategies", default=None, help=f"comma-separated (default: every registered one and {OPTUNA_TPE})")
+    parser.add_argument("--select-metric", default=DEFAULT_SELECT_METRIC)
+    parser.add_argument("--report-metric", default=DEFAULT_REPORT_METRIC)
+    parser.add_argument("--population", type=int, default=20, help="population size of population-based strategies")
+    parser.add_argument("--batch", type=int, default=1, help="proposals asked (and evaluated) at a time")
+    parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="processes over seeds")
+    parser.add_argument("--json", type=Path, default=None, help="write the results here")
+    args = parser.parse_args(argv)
+    if args.budgets is None:
+        args.budgets = _int_list(str(args.budget))
+    for flag in ("seeds", "population", "batch", "workers"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag} must be at least 1")
+    return args
+
+
+def main(argv: Sequence[str] | None = None, progress: Callable[[str], None] | None = None) -> int:
+    args = parse_args(argv)
+    progress = progress or (lambda line: print(line, file=sys.stderr, flush=True))
+    names = [s.strip() for s in args.strategies.split(",") if s.strip()] if args.strategies else [*STRATEGIES, OPTUNA_TPE]
+    unknown = [n for n in names if n not in STRATEGIES and n != OPTUNA_TPE]
+    if unknown or not names:
+        known = ", ".join([*sorted(STRATEGIES), OPTUNA_TPE])
+        print(f"unknown strategy {', '.join(unknown) or '(none given)'} (known: {known})", file=sys.stderr)
+        return 2
+    if OPTUNA_TPE in names and _version("optuna") is None:
+        print(MISSING_OPTUNA, file=sys.stderr)
+        return 2
+    try:
+        Simulation(args.table, args.select_metric, args.report_metric)  # fail early on a bad table
+    except TableError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+
+    results: list[dict[str, Any]] = []
+    timings: dict[str, float] = {}
+    init = (str(args.table), args.select_metric, args.report_metric)
+    with _single_threaded_children(), multiprocessing.get_context("spawn").Pool(args.workers, _init_worker, init) as pool:
+        for name in names:
+            start = time.perf_counter()
+            jobs = [(name, seed, args.budgets, args.batch, args.population) for seed in range(args.seeds)]
+            done = pool.map(_run_one, jobs, chunksize=1)
+            timings[name] = time.perf_counter() - start
+            per_search = sum(seconds for _, seconds in done) / len(done)
+            progress(f"{name}: {args.seeds} searches in {timings[name]:.1f} s ({per_search:.2f} s per search)")
+            for i, budget in enumerate(args.budgets):
+                reached = [outcomes[i] for outcomes, _ in done if outcomes[i] is not None]
+                results.append(summarise(name, budget, reached))
+    print_table(results, args.report_metric)
+    if args.json is not None:
+        document = {
+            "table": str(args.table),
+            "results": results,
+            **environment(),
+            "settings": {
+                "select_metric": args.select_metric,
+                "report_metric": args.report_metric,
+                "budgets": args.budgets,
+                "seeds": args.seeds,
+                "batch": args.batch,
+                "population": args.population,
+                "workers": args.workers,
+            },
+            "seconds": timings,
+        }
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(document, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -40,7 +40,6 @@ def run_main(table, out, strategies="random,bo,optuna-tpe"):
 
 
 def test_json_results_are_sane_and_deterministic(table, tmp_path):
-    pytest.importorskip("optuna")
     first = run_main(table, tmp_path / "a.json")
     assert first["table"] == str(table)
     assert {"machine", "versions", "git_commit"} <= set(first)

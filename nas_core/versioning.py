@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +21,8 @@ class VersioningError(RuntimeError):
 
 def run_dvc(root: Path, *args: str) -> str:
     """Run ``dvc ARGS`` in ``root`` with this interpreter's DVC; raise VersioningError with its message."""
-    proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, capture_output=True, text=True, check=False)
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}  # no telemetry: offline it would only hang around
+    proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, env=env, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         message = (proc.stderr or proc.stdout).strip().splitlines()
         raise VersioningError(f"`dvc {' '.join(args)}` failed in {root}: {message[-1] if message else proc.returncode}")

@@ -31,6 +31,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+from rich.table import Table
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(REPO_ROOT))
@@ -133,40 +136,29 @@ def _run_one(job: tuple[str, int, list[int], int, int]) -> tuple[list[tuple[floa
 
 
 def summarise(strategy: str, budget: int, outcomes: Sequence[tuple[float, bool]]) -> dict[str, Any]:
+    """Mean, sample standard deviation, normal 95 % interval of the mean, found-best fraction (None without seeds)."""
     values = [v for v, _ in outcomes]
     n = len(values)
-    mean = sum(values) / n if n else math.nan
+    row: dict[str, Any] = {"strategy": strategy, "budget": budget, "seeds": n}
+    if not n:  # every search ran out of architectures before this budget
+        return {**row, "mean": None, "std": None, "ci95": None, "found_best_frac": None}
+    mean = sum(values) / n
     std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
-    half = 1.96 * std / math.sqrt(n) if n else math.nan
-    return {
-        "strategy": strategy,
-        "budget": budget,
-        "seeds": n,
-        "mean": mean,
-        "std": std,
-        "ci95": [mean - half, mean + half],
-        "found_best_frac": sum(found for _, found in outcomes) / n if n else math.nan,
-    }
+    half = 1.96 * std / math.sqrt(n)
+    found = sum(f for _, f in outcomes) / n
+    return {**row, "mean": mean, "std": std, "ci95": [mean - half, mean + half], "found_best_frac": found}
 
 
 def print_table(results: Sequence[dict[str, Any]], report_metric: str) -> None:
-    try:
-        from rich.console import Console
-        from rich.table import Table
-    except ImportError:  # plain text
-        print(f"{'strategy':<12} {'budget':>6} {'seeds':>5} {'mean ± std':>18} {'95% CI':>20} {'found_best':>10}")
-        for r in results:
-            print(
-                f"{r['strategy']:<12} {r['budget']:>6} {r['seeds']:>5} {r['mean']:>9.3f} ± {r['std']:<6.3f} "
-                f"[{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}] {r['found_best_frac']:>10.2f}"
-            )
-        return
     table = Table(title=f"{report_metric} of the best-by-select architecture")
     for column, justify in (("strategy", "left"), ("budget", "right"), ("seeds", "right"), ("mean ± std", "right")):
         table.add_column(column, justify=justify)
     table.add_column("95% CI", justify="right")
     table.add_column("found_best_frac", justify="right")
     for r in results:
+        if r["seeds"] == 0:
+            table.add_row(r["strategy"], str(r["budget"]), "0", "-", "-", "-")
+            continue
         table.add_row(
             r["strategy"],
             str(r["budget"]),

@@ -14,7 +14,7 @@ from nas_core.genome import Genome
 from nas_core.spaces import create_space
 from nas_core.spaces.nb201 import EDGES, NB201_OPS, format_arch, genome_to_cell
 from nas_core.strategies import STRATEGIES, BayesianOptimization, CandidateResult, create_strategy
-from nas_core.strategies.bayesian import THOMPSON_POOL, GaussianProcess, copula, path_encoding, thompson
+from nas_core.strategies.bayesian import GaussianProcess, copula, path_encoding, thompson
 
 SCORE = {"none": 0.0, "skip_connect": 1.0, "avg_pool_3x3": 1.5, "nor_conv_1x1": 2.0, "nor_conv_3x3": 3.0}
 WEIGHT = (1.0, 0.8, 1.2, 0.6, 1.1, 0.9)  # per edge, so the edges are not interchangeable
@@ -125,18 +125,13 @@ def test_every_acquisition_climbs_quickly(nb201, acquisition):
     assert max(o["fitness"] for o in strategy.observations) >= top
 
 
-def test_thompson_draws_only_among_the_most_promising_candidates():
-    rng = np.random.default_rng(1)
-    x = rng.normal(size=(20, 2))
-    gp = GaussianProcess().fit(x, np.sin(x).sum(1))
-    candidates = rng.normal(size=(500, 2)) * 3
-    mean, sd = gp.predict(candidates)
-    score = thompson(gp, candidates, mean, sd, np.random.default_rng(0))
-    pool = np.argsort(-(mean + 3 * sd), kind="stable")[:THOMPSON_POOL]
-    others = np.setdiff1d(np.arange(500), pool)
-    assert score[pool].min() > score[others].max()
-    assert np.array_equal(np.argsort(-score[others], kind="stable"), np.argsort(-(mean + 3 * sd)[others], kind="stable"))
-    assert not np.array_equal(score[pool], thompson(gp, candidates, mean, sd, np.random.default_rng(1))[pool])
+def test_thompson_draws_around_the_mean_within_the_uncertainty():
+    mean, sd = np.array([0.0, 1.0, 2.0, 5.0]), np.array([0.0, 1.0, 0.0, 1e-3])
+    draws = np.array([thompson(mean, sd, np.random.default_rng(seed)) for seed in range(200)])
+    assert np.array_equal(draws[:, 0], np.zeros(200)) and np.array_equal(draws[:, 2], np.full(200, 2.0))
+    assert np.abs(draws[:, 3] - 5.0).max() < 0.01
+    assert 0.8 < draws[:, 1].std() < 1.2 and abs(draws[:, 1].mean() - 1.0) < 0.25
+    assert np.array_equal(thompson(mean, sd, np.random.default_rng(7)), thompson(mean, sd, np.random.default_rng(7)))
 
 
 def test_honours_the_constraint(nb201):
@@ -177,6 +172,17 @@ def test_works_on_the_image_space_without_enumeration():
     assert origins <= {"mutation", "sample"} and "mutation" in origins
     again = BayesianOptimization(space, seed=0, initial=4, parents=3, mutations=5, random_candidates=10)
     assert run(again, space, 12, batch=2, evaluate=fitness) == proposed
+
+
+def test_constraint_on_a_space_without_enumeration():
+    space = create_space("image")
+    strategy = BayesianOptimization(space, seed=1, initial=3, parents=1, mutations=1, random_candidates=1)
+    run(strategy, space, 4, evaluate=lambda genome: float(len(genome.edges)))
+    strategy.constraint = lambda genome: genome.canonical_hash()[0] in "01234567"  # about half of everything
+    picked = strategy.ask(5)  # the model scores at most 3 candidates per ask: the rest are samples
+    assert len(picked) == 5 and all(p.hash[0] in "01234567" for p in picked)
+    strategy.constraint = lambda genome: False
+    assert strategy.ask(2) == []
 
 
 def test_rejects_bad_settings(nb201):

@@ -79,6 +79,8 @@ def test_summarise_computes_mean_std_and_interval():
     assert row["mean"] == 2.0 and row["std"] == pytest.approx(math.sqrt(2))
     assert row["ci95"] == pytest.approx([2.0 - 1.96, 2.0 + 1.96])
     assert row["found_best_frac"] == 0.5
+    empty = bench.summarise("s", 10_000, [])  # every search ran out of architectures first
+    assert empty["seeds"] == 0 and empty["mean"] is None and empty["ci95"] is None
 
 
 def test_missing_optuna_is_one_line_and_exit_2(table, monkeypatch, capsys):

@@ -11,12 +11,17 @@ diverged architectures (10 % accuracy) from dominating the fit.
 Candidates are every unseen genome when the space can be enumerated (NAS-Bench-201: 6,466), else
 mutations of the best genomes so far (and of those mutations) plus random samples. The first
 ``initial`` proposals are random samples. Acquisitions: ``ei`` (expected improvement), ``ucb``
-(mean + beta sd), ``thompson`` (the best of one joint posterior draw over the most promising
-candidates) and, by default, ``alternate``: expected improvement and Thompson draws in turn, which
-exploits like EI but keeps exploring, so the search does not settle on a local optimum (on
-NAS-Bench-201 CIFAR-10, EI alone stays on one in ~15 % of searches even at 200 queries). Within one
+(mean + beta sd), ``thompson`` (the best of one draw from every candidate's marginal posterior) and,
+by default, ``alternate``: expected improvement and Thompson draws in turn, which exploits like EI
+but keeps exploring, so the search does not settle on a local optimum (on NAS-Bench-201 CIFAR-10,
+EI alone stays on one in ~14 % of searches even at 200 queries; alternating, in ~3 %). Within one
 ``ask`` the batch is filled greedily with the "kriging believer": each pick is added to the model at
 its predicted mean before the next pick.
+
+Measured with ``benchmarks/strategies.py`` (NAS-Bench-201 CIFAR-10, select val_acc_200, report
+test_acc_200, 100 seeds, one query at a time): 93.94 / 94.32 / 94.35 / 94.36 mean test accuracy at
+25 / 50 / 100 / 200 queries, the best-by-validation architecture found in 96 % of searches at 100
+(Optuna's TPE: 93.62 / 94.02 / 94.18 / 94.25; regularized evolution 94.12 at 100; optimum 94.37).
 """
 
 from __future__ import annotations
@@ -40,7 +45,6 @@ from nas_core.spaces.nb201 import EDGES, NB201_OPS, NB201Space, genome_to_cell
 from nas_core.strategies.base import CandidateResult, Proposal, Strategy
 
 ACQUISITIONS = ("ei", "ucb", "thompson", "alternate")
-THOMPSON_POOL = 300  # a Thompson draw is joint over this many candidates, those with the highest mean + 3 sd
 LENGTHSCALES = (0.25, 0.35, 0.5, 0.7, 1.0, 1.4, 2.0)  # multiples of the typical distance between encodings (see _scale)
 NOISE_RATIOS = (1e-4, 1e-3, 1e-2, 1e-1)  # noise variance over signal variance
 
@@ -176,21 +180,6 @@ class GaussianProcess:
         """Add observations without refitting the hyperparameters (for fantasies)."""
         self._factor(np.vstack([self.x, x_new]), np.concatenate([self.y, y_new]))
 
-    def sample(self, x: np.ndarray | sparse.spmatrix, rng: np.random.Generator) -> np.ndarray:
-        """One joint draw of the latent function at the rows of ``x``."""
-        x = x.toarray() if sparse.issparse(x) else x
-        kc = np.exp(-_sq_dist(x, self.x) / (2.0 * self.lengthscale**2))
-        v = solve_triangular(self.chol, kc.T, lower=True, check_finite=False)
-        cov = self.s2 * (np.exp(-_sq_dist(x, x) / (2.0 * self.lengthscale**2)) - v.T @ v)
-        cov = (cov + cov.T) / 2
-        noise = rng.standard_normal(len(x))
-        try:
-            root = np.linalg.cholesky(cov + 1e-8 * self.s2 * np.eye(len(x)))
-        except np.linalg.LinAlgError:  # numerically not positive definite: a symmetric square root
-            w, u = np.linalg.eigh(cov)
-            root = u * np.sqrt(np.maximum(w, 0.0))
-        return kc @ self.alpha + root @ noise
-
     def predict(self, x: np.ndarray | sparse.spmatrix, sqnorms: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Posterior mean and standard deviation of the latent function (no observation noise)."""
         kc = np.exp(-_sq_dist(x, self.x, sqnorms) / (2.0 * self.lengthscale**2))
@@ -205,13 +194,9 @@ def expected_improvement(mean: np.ndarray, sd: np.ndarray, best: float) -> np.nd
     return (mean - best) * ndtr(z) + sd * np.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
 
 
-def thompson(gp: GaussianProcess, x: np.ndarray, mean: np.ndarray, sd: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A joint posterior draw over the ``THOMPSON_POOL`` most promising rows of ``x``; the rest rank after them."""
-    optimistic = mean + 3.0 * sd
-    pool = np.argsort(-optimistic, kind="stable")[:THOMPSON_POOL]
-    score = optimistic - 1e6  # the others: after every drawn one, in order of mean + 3 sd
-    score[pool] = gp.sample(x[pool], rng)
-    return score
+def thompson(mean: np.ndarray, sd: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One draw from each candidate's marginal posterior (independent draws: cheap, and exploring more than a joint one)."""
+    return mean + sd * rng.standard_normal(len(mean))
 
 
 Candidate = tuple[Genome, str, str, tuple[str, ...]]  # genome, identity, origin, parents
@@ -293,7 +278,9 @@ class BayesianOptimization(Strategy):
         for genome, identity, origin, parents in self._plan:
             if identity not in self.seen and identity not in self._rejected:
                 return Proposal(genome, origin, parents, identity)
-        raise SpaceExhausted("no unseen candidate left")
+        if enumerated(self.space) is None:  # every candidate was seen or broke the constraint: sample
+            return super()._propose()
+        raise SpaceExhausted("no unseen candidate left")  # the base draws from the enumeration, if anything is left
 
     def tell(self, results: Sequence[CandidateResult]) -> None:
         super().tell(results)
@@ -386,7 +373,7 @@ class BayesianOptimization(Strategy):
         elif kind == "ucb":
             score = mean + self.beta * sd
         else:
-            score = thompson(gp, matrix, mean, sd, np.random.default_rng(self.rng.getrandbits(64)))
+            score = thompson(mean, sd, np.random.default_rng(self.rng.getrandbits(64)))
         order = np.argsort(-score, kind="stable")
         return (candidates[i] for i in order)
 

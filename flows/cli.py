@@ -42,6 +42,7 @@ def _prefect_environment(project_dir: Path) -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
 
 
 def _check_writable(folder: Path) -> None:
@@ -85,6 +86,53 @@ def _load_search_config(config_file: Path | None, overrides: dict[str, Any]):
             raise UsageProblem(f"cannot read genome file {config.init_genome}: {exc.strerror}") from None
         except GenomeError as exc:
             raise UsageProblem(f"invalid genome in {config.init_genome}: {exc}") from None
+    return config
+
+
+def _check_not_a_search(folder: Path) -> None:
+    from nas_core.search import SEARCH_FILE
+
+    if (folder / SEARCH_FILE).exists():
+        raise UsageProblem(f"'{folder}' already holds a search; continue it with --resume {folder} or pass another --output")
+
+
+def _resumed_config(target: str, config_file: Path | None, overrides: dict[str, Any], execution: dict[str, Any]):
+    """The saved config of the search to resume, with the execution flags given now."""
+    from pydantic import ValidationError
+
+    from nas_core.config import SearchConfig
+    from nas_core.search import ResumeError, find_search_output, read_saved_search
+
+    given = [f"--{k.replace('_', '-')}" for k, v in overrides.items() if v is not None and k != "project_dir"]
+    if config_file is not None or given:
+        flags = ", ".join(["--config"] * (config_file is not None) + given)
+        raise UsageProblem(f"--resume continues the saved settings; drop {flags} (only execution flags such as --workers apply)")
+    try:
+        folder = find_search_output(target, overrides.get("project_dir") or Path("."))
+        saved = read_saved_search(folder)
+        config = SearchConfig(**{**saved["config"], **{k: v for k, v in execution.items() if v is not None}, "output": folder})
+    except ResumeError as exc:
+        raise UsageProblem(str(exc)) from None
+    except ValidationError as exc:
+        from nas_core.config import _one_line
+
+        raise UsageProblem(_one_line(exc)) from None
+    if (folder / "summary.json").exists():
+        raise UsageProblem(f"search {saved['search_id']} in '{folder}' already finished (summary.json exists); nothing to resume")
+    return config, saved["search_id"]
+
+
+def _with_default_workers(config):
+    """On GPUs, unless --workers was given: one candidate per GPU slot (GPUs x candidates per GPU)."""
+    from flows.runners import uses_gpus
+    from nas_core.devices import DeviceError, visible_devices
+
+    try:
+        gpus = uses_gpus(config)
+    except DeviceError as exc:
+        raise UsageProblem(str(exc)) from None
+    if "workers" not in config.model_fields_set and gpus and not config.dask_address:
+        return config.model_copy(update={"workers": len(visible_devices(config.device)) * config.candidates_per_gpu})
     return config
 
 
@@ -135,30 +183,56 @@ def search(
     report_metric: Annotated[str | None, typer.Option(help="Table column to report (default: test_acc_200).")] = None,
     max_params: Annotated[int | None, typer.Option(help="Only propose architectures with at most this many parameters.")] = None,
     max_flops: Annotated[int | None, typer.Option(help="Only propose architectures with at most this many FLOPs.")] = None,
+    runner: Annotated[
+        str | None, typer.Option(help="Where candidates train: threads (default), processes, or dask.")
+    ] = None,
+    dask_address: Annotated[
+        str | None, typer.Option(help="Scheduler address of a running Dask cluster (with --runner dask; none: a local one).")
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option(help="auto (GPUs when visible, default), cpu, cuda, or visible GPU indices like 0,1.")
+    ] = None,
+    candidates_per_gpu: Annotated[int | None, typer.Option(help="Candidates sharing one GPU at once (default: 1).")] = None,
+    resume: Annotated[
+        str | None,
+        typer.Option(help="Continue an interrupted search: its --output folder or its search id. Only execution flags apply."),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No per-candidate progress lines.")] = False,
 ) -> int:
     """Run an architecture search; writes OUTPUT/model.onnx and OUTPUT/summary.json."""
+    execution = {
+        "workers": workers, "runner": runner, "dask_address": dask_address, "device": device,
+        "candidates_per_gpu": candidates_per_gpu, "candidate_timeout": candidate_timeout,
+    }  # fmt: skip
     overrides = {
         "dataset": dataset, "strategy": strategy, "budget": budget, "epochs": epochs, "population": population,
-        "workers": workers, "seed": seed, "output": output, "project_dir": project_dir, "experiment": experiment,
-        "init_genome": init_genome, "candidate_timeout": candidate_timeout, "space": space, "evaluator": evaluator,
-        "select_metric": select_metric, "report_metric": report_metric, "max_params": max_params, "max_flops": max_flops,
+        "seed": seed, "output": output, "project_dir": project_dir, "experiment": experiment, "init_genome": init_genome,
+        "space": space, "evaluator": evaluator, "select_metric": select_metric, "report_metric": report_metric,
+        "max_params": max_params, "max_flops": max_flops,
     }  # fmt: skip
-    config = _load_search_config(config_file, overrides)
-    from nas_core.search import new_search_id
+    if resume is not None:
+        config, search_id = _resumed_config(resume, config_file, overrides, execution)
+        out = Path(config.output)
+    else:
+        config = _load_search_config(config_file, {**overrides, **execution})
+        from nas_core.search import new_search_id
 
-    search_id = new_search_id()
-    out = (config.output or Path("outputs") / search_id).resolve()
-    _check_writable(out)
-    config = config.model_copy(update={"output": out})
-    _prefect_environment(config.project_dir)
+        search_id = new_search_id()
+        out = (config.output or Path("outputs") / search_id).resolve()
+        _check_writable(out)
+        _check_not_a_search(out)
+        config = config.model_copy(update={"output": out})
+    _prefect_environment(config.project_dir)  # before anything imports prefect
+    config = _with_default_workers(config)
     from flows.search import search_flow
 
     console.print(
-        f"search {search_id}: {config.strategy} on {config.dataset}, {config.budget} candidates x {config.epochs} epochs, "
-        f"{config.workers} in parallel -> {out}"
+        f"{'resuming search' if resume else 'search'} {search_id}: {config.strategy} on {config.dataset}, "
+        f"{config.budget} candidates x {config.epochs} epochs, {config.workers} in parallel ({config.runner}) -> {out}"
     )
-    summary = search_flow(config.workers)(config.model_dump(mode="json"), search_id=search_id, show_progress=not quiet)
+    summary = search_flow(config)(
+        config.model_dump(mode="json"), search_id=search_id, show_progress=not quiet, resume=resume is not None
+    )
     _print_summary(summary)
     if summary["best"] is None:
         console.print("error: every candidate failed; see the failure_reason tags of the runs in MLflow")

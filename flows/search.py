@@ -6,40 +6,53 @@ from typing import Any
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
-from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.futures import as_completed
 
+from flows.runners import placement, task_runner
+from nas_core.candidate import CandidateJob, CandidateOutcome, run_candidate
 from nas_core.config import SearchConfig
 from nas_core.export import ExportReport
 from nas_core.progress import ProgressReporter
 from nas_core.search import CandidateRecord, DatasetRef, SearchRun, set_torch_threads
-from nas_core.strategies import Proposal
+from nas_core.tracking import is_transient
 
-# Inputs here are live objects (models, the search state): never hash or persist them.
+# Inputs here are live objects (the search state) or one-off jobs: never hash or persist them.
 _task = task(cache_policy=NO_CACHE, persist_result=False)
+
+
+def _transient_failure(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry a candidate only for infrastructure hiccups (tracking store unreachable), never for its own failure."""
+    try:
+        state.result()
+    except Exception as exc:
+        return is_transient(exc)
+    return False
 
 
 @_task
 def prepare_dataset(run: SearchRun) -> DatasetRef:
-    """Prepare the dataset, version it with DVC, open the search's MLflow run."""
+    """Check and prepare the dataset, version it with DVC, open (or reopen) the search's MLflow run."""
     return run.prepare()
 
 
 @_task
-def propose_generation(run: SearchRun) -> list[Proposal]:
-    """Ask the strategy for the next generation of unseen genomes."""
+def propose_generation(run: SearchRun) -> list[CandidateJob]:
+    """Ask the strategy for the next generation of unseen genomes (after a resume: the unfinished ones)."""
     return run.propose()
 
 
-@_task
-def train_candidate(run: SearchRun, proposal: Proposal, index: int) -> CandidateRecord:
-    """Train and evaluate one genome under its own nested MLflow run."""
-    return run.evaluate(proposal, index)
+@task(
+    cache_policy=NO_CACHE, persist_result=False, retries=3, retry_delay_seconds=[2, 10, 30], retry_condition_fn=_transient_failure
+)
+def train_candidate(job: CandidateJob) -> CandidateOutcome:
+    """Train and evaluate one genome under its own nested MLflow run, wherever the task runner puts it."""
+    return run_candidate(job)
 
 
 @_task
-def select_and_mutate(run: SearchRun, records: list[CandidateRecord]) -> CandidateRecord | None:
-    """Feed results back to the strategy (selection and inheritance) and checkpoint it."""
-    return run.select(records)
+def select_and_mutate(run: SearchRun) -> CandidateRecord | None:
+    """Feed the generation's results back to the strategy (selection and inheritance) and checkpoint it."""
+    return run.select()
 
 
 @_task
@@ -49,21 +62,25 @@ def export_onnx(run: SearchRun) -> ExportReport:
 
 
 @flow(name="nas_search", log_prints=False)
-def nas_search(config: dict[str, Any], search_id: str | None = None, show_progress: bool = True) -> dict[str, Any]:
-    """Search for an architecture: prepare data, then propose / train / select until the budget, then export."""
-    run = SearchRun(SearchConfig(**config), search_id)
-    if show_progress:
-        run.on_record = ProgressReporter(run.config.budget)
+def nas_search(
+    config: dict[str, Any], search_id: str | None = None, show_progress: bool = True, resume: bool = False
+) -> dict[str, Any]:
+    """Search for an architecture: prepare data, then propose / train / select until the budget, then export.
+
+    With ``resume``, continue the search whose state is in ``config['output']`` under the same MLflow run.
+    """
+    run = SearchRun(SearchConfig(**config), search_id, resume=resume)
     set_torch_threads(run.config.workers)
     prepare_dataset(run)
+    if show_progress:
+        run.on_record = ProgressReporter(run.config.budget, finished=run.records, killed=run.killed_on_resume)
     try:
-        while run.remaining() > 0:
-            proposals = propose_generation(run)
-            if not proposals:
-                break  # the space has no unseen architecture left
-            start = len(run.records)
-            futures = [train_candidate.submit(run, p, start + i + 1) for i, p in enumerate(proposals)]
-            select_and_mutate(run, [f.result() for f in futures])
+        while jobs := propose_generation(run):
+            with placement(run.config):
+                futures = [train_candidate.submit(job) for job in jobs]
+            for future in as_completed(futures):
+                run.record(future.result())  # checkpointed as each one ends
+            select_and_mutate(run)
         report = export_onnx(run) if run.can_export() else None
     except BaseException as exc:
         run.abort(f"{type(exc).__name__}: {exc}")
@@ -71,6 +88,6 @@ def nas_search(config: dict[str, Any], search_id: str | None = None, show_progre
     return run.finish(report)
 
 
-def search_flow(workers: int):
-    """The flow with a task runner that trains ``workers`` candidates at once."""
-    return nas_search.with_options(task_runner=ThreadPoolTaskRunner(max_workers=workers))
+def search_flow(config: SearchConfig):
+    """The flow with the task runner the config asks for (threads, processes or Dask)."""
+    return nas_search.with_options(task_runner=task_runner(config))

@@ -37,6 +37,12 @@ class SearchConfig(BaseModel):
     epochs: int = Field(12, ge=1, description="training epochs per candidate")
     population: int = Field(8, ge=1, description="candidates per generation (and evolution's population)")
     workers: int = Field(default_factory=default_workers, ge=1, description="candidates trained in parallel")
+    runner: Literal["threads", "processes", "dask"] = Field(
+        "threads", description="where candidates train: threads or processes of this machine, or a Dask cluster"
+    )
+    dask_address: str | None = Field(None, description="scheduler address of an existing Dask cluster (runner dask)")
+    device: str = Field("auto", description="'auto' (GPUs when visible), 'cpu', 'cuda' or visible GPU indices like '0,1'")
+    candidates_per_gpu: int = Field(1, ge=1, description="candidates sharing one GPU at once")
     seed: int = Field(0, description="seed for proposals and training")
     output: Path | None = Field(None, description="output folder (default: outputs/<search id>)")
     project_dir: Path = Field(Path("."), description="project folder holding data.dvc, data/ and mlflow.db")
@@ -98,6 +104,10 @@ class SearchConfig(BaseModel):
         return self.experiment or default
 
 
+EXECUTION_SETTINGS = ("workers", "runner", "dask_address", "device", "candidates_per_gpu", "candidate_timeout")
+"""Settings that say how a search runs, not what it searches: the only ones a resume may change."""
+
+
 def _known(kind: str, value: str, registry: dict[str, Any]) -> str:
     if value not in registry:
         raise ValueError(f"unknown {kind} '{value}'; choose one of: {', '.join(sorted(registry))}")
@@ -142,6 +152,8 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
         raise ConfigError(_one_line(exc)) from None
     if config.table_path is not None and not hasattr(SPACES[config.space](), "arch_string"):
         raise ConfigError("the table evaluator needs a space whose genomes are table keys; add --space nb201")
+    if config.dask_address and config.runner != "dask":
+        raise ConfigError("dask_address needs runner 'dask' (add --runner dask)")
     if config.min_nodes > config.max_nodes:
         raise ConfigError(f"min_nodes ({config.min_nodes}) must not exceed max_nodes ({config.max_nodes})")
     return config

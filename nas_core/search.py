@@ -1,6 +1,14 @@
-"""One search's state and steps: prepare data, propose, evaluate (tracked), select, export, summarise.
+"""One search's state and steps: prepare data, propose, record each outcome, select, export, summarise.
 
-The Prefect flow calls these steps as tasks; nothing here knows about Prefect.
+The Prefect flow calls these steps; nothing here knows about Prefect. Candidates are evaluated by
+:func:`nas_core.candidate.run_candidate` wherever the flow sends their jobs; the search records each
+outcome as it arrives and checkpoints after every one, so ``SearchRun(..., resume=True)`` continues a
+search that died without training a finished candidate again.
+
+Determinism: a generation's results are told to the strategy together, in proposal order, so the
+proposals never depend on which candidate finished first or on the number of workers. Training itself is
+seeded; on CPU its float results can differ in the last bits when the torch thread count per candidate
+differs (it is the cores divided by ``workers``), which may reorder near-ties between candidates.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import torch
 from torch import nn
 
 from nas_core import versioning
+from nas_core.candidate import EPOCH_METRICS, CandidateJob, CandidateOutcome, remember_data
 from nas_core.config import SearchConfig
 from nas_core.data import PreparedData, load_prepared, prepare_dataset
 from nas_core.evaluators import TableEvaluator
@@ -28,13 +37,18 @@ from nas_core.genome import Genome
 from nas_core.spaces import SPACES, create_space
 from nas_core.strategies import CandidateResult, Proposal, Strategy, create_strategy
 from nas_core.tracking import ARTIFACTS_DIR_NAME, SearchTracker, resolve_tracking_uri, ui_command
-from nas_core.training import TrainConfig, train_genome
+from nas_core.training import TrainConfig
 
-EPOCH_METRICS = ("train_loss", "val_loss", "val_accuracy", "val_f1")
 DATA_SEED = 0  # the split never depends on the search seed: one dataset version per source
 # tabular benchmarks (NAS-Bench-201) are on CIFAR-10: costs are computed for its inputs
 TABLE_INPUT_SHAPE = (3, 32, 32)
 TABLE_NUM_CLASSES = 10
+SEARCH_FILE, STATE_FILE, WEIGHTS_FILE, SUMMARY_FILE = "search.json", "state.json", "best_weights.pt", "summary.json"
+KILLED_REASON = "killed: the search stopped while this candidate was running; it was queued again on resume"
+
+
+class ResumeError(ValueError):
+    """The folder or id given to resume is not a search that can be continued."""
 
 
 @dataclass(frozen=True)
@@ -46,7 +60,7 @@ class DatasetRef:
 
 @dataclass
 class CandidateRecord:
-    """A finished candidate as the search remembers it (the model is kept only for the best)."""
+    """A finished candidate as the search remembers it (weights are kept only for the best)."""
 
     index: int
     generation: int
@@ -58,8 +72,9 @@ class CandidateRecord:
     status: str
     reason: str = ""
     metrics: dict[str, float] = field(default_factory=dict)
-    model: nn.Module | None = None
+    weights: dict[str, torch.Tensor] | None = None
     hash: str = ""  # the identity in the search space
+    fidelity: int = 0  # epochs trained
 
     def __post_init__(self) -> None:
         self.hash = self.hash or self.genome.canonical_hash()
@@ -78,6 +93,7 @@ class CandidateRecord:
             "index": self.index,
             "generation": self.generation,
             "hash": self.hash,
+            "fidelity": self.fidelity,
             "status": self.status,
             "reason": self.reason,
             "origin": self.origin,
@@ -90,15 +106,32 @@ class CandidateRecord:
             "parent_run_ids": self.parent_run_ids,
         }
 
+    def checkpoint(self) -> dict[str, Any]:
+        """Everything needed to restore the record after a crash (weights are saved separately)."""
+        return {**self.summary(), "genome": self.genome.to_dict(), "metrics": self.metrics}
+
+    @classmethod
+    def from_checkpoint(cls, data: dict[str, Any]) -> CandidateRecord:
+        return cls(
+            data["index"], data["generation"], Genome.from_dict(data["genome"]), data["origin"], list(data["parents"]),
+            list(data["parent_run_ids"]), data["mlflow_run_id"], data["status"], data["reason"], dict(data["metrics"]),
+            hash=data["hash"], fidelity=data["fidelity"],
+        )  # fmt: skip
+
 
 def new_search_id() -> str:
     return f"{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
 
 
 def prepare_and_version(name: str, project_dir: Path) -> DatasetRef:
-    """Write the prepared splits under ``data/``, ``dvc add`` them, push to the remote; return the version."""
+    """Check ``data/`` against ``data.dvc``, write the prepared splits, ``dvc add`` and push them; return the version.
+
+    A workspace that no longer matches ``data.dvc`` (a corrupted or hand-edited file) stops here with
+    :class:`~nas_core.versioning.DataIntegrityError`, before anything is rewritten or trained.
+    """
     project_dir = Path(project_dir).resolve()
     versioning.ensure_repo(project_dir)
+    versioning.check_data(project_dir)
     path = prepare_dataset(name, project_dir / versioning.DATA_DIR, seed=DATA_SEED)
     version = versioning.track_data(project_dir)
     versioning.push_data(project_dir)
@@ -118,14 +151,60 @@ def write_json_atomic(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
+def threads_per_candidate(workers: int) -> int:
+    """Each parallel candidate's share of the cores (no oversubscription)."""
+    return max(1, (os.cpu_count() or 1) // workers)
+
+
+def read_saved_search(folder: Path) -> dict[str, Any]:
+    """The ``search.json`` a search writes into its output folder as soon as it starts."""
+    path = Path(folder) / SEARCH_FILE
+    try:
+        saved = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ResumeError(f"'{folder}' holds no search to resume (no {SEARCH_FILE}); pass a search's --output folder") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ResumeError(f"cannot read {path}: {exc}") from None
+    if not isinstance(saved, dict) or "search_id" not in saved or "config" not in saved:
+        raise ResumeError(f"{path} is not a search record that can be resumed")
+    return saved
+
+
+def find_search_output(target: str, project_dir: Path) -> Path:
+    """The output folder of the search to resume: ``target`` is that folder or the search id."""
+    folder = Path(target)
+    if folder.is_dir():
+        read_saved_search(folder)  # says what is wrong with it
+        return folder.resolve()
+    guess = Path("outputs") / target
+    if (guess / SEARCH_FILE).is_file():
+        return guess.resolve()
+    uri = resolve_tracking_uri(project_dir)
+    if not uri.startswith("sqlite:///") or Path(uri.removeprefix("sqlite:///")).is_file():  # never create a store to look
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(uri)
+        query = f"tags.`nas.search_id` = '{target}' and tags.`nas.role` = 'search'"
+        experiments = [e.experiment_id for e in client.search_experiments()]
+        for run in client.search_runs(experiments, query) if experiments else []:
+            output = Path(run.data.tags.get("nas.output", ""))
+            if (output / SEARCH_FILE).is_file():
+                return output
+    raise ResumeError(f"no search output folder or search id '{target}' found (looked in outputs/ and MLflow at {uri})")
+
+
 class SearchRun:
     """The state of one search. Steps are called in order by the flow (or directly, in tests)."""
 
-    def __init__(self, config: SearchConfig, search_id: str | None = None) -> None:
-        self.config = config
+    def __init__(self, config: SearchConfig, search_id: str | None = None, resume: bool = False) -> None:
         self.search_id = search_id or new_search_id()
+        self.resume = resume
         self.output = Path(config.output or Path("outputs") / self.search_id).resolve()
         self.project_dir = Path(config.project_dir).resolve()
+        absolute = {"output": self.output, "project_dir": self.project_dir}
+        if config.init_genome is not None:
+            absolute["init_genome"] = Path(config.init_genome).resolve()
+        self.config = config = config.model_copy(update=absolute)  # search.json must work from any folder
         self.space = create_space(config.space, hparams=config.hparams, **space_options(config))
         self.strategy: Strategy = create_strategy(
             config.strategy, self.space, seed=config.seed, population=config.population, constraint=self.within_limits
@@ -134,11 +213,13 @@ class SearchRun:
             TableEvaluator.load(config.table_path, config.select_metric, config.report_metric) if config.table_path else None
         )
         self._costs: dict[str, dict[str, int]] = {}
-        if config.init_genome is not None:
+        if config.init_genome is not None and not resume:
             self.strategy.enqueue(Genome.from_json(Path(config.init_genome).read_text()))
-        self.records: list[CandidateRecord] = []
+        self.records: list[CandidateRecord] = []  # every finished candidate, in the order they finished
         self.by_hash: dict[str, CandidateRecord] = {}
+        self.current: list[dict[str, Any]] = []  # the generation in flight: its proposals with their indices
         self.generation = 0
+        self.killed_on_resume = 0
         self.started = time.monotonic()
         self.dataset: DatasetRef | None = None
         self.data: PreparedData | None = None
@@ -148,30 +229,71 @@ class SearchRun:
 
     # ---- stages ---------------------------------------------------------------------------
     def prepare(self) -> DatasetRef:
-        """Prepare and version the data (or the table), then open the search's parent run in MLflow."""
+        """Record the search, prepare and version the data, open (or reopen) the search's MLflow run."""
         self.output.mkdir(parents=True, exist_ok=True)
+        saved = read_saved_search(self.output) if self.resume and (self.output / SEARCH_FILE).is_file() else {}
+        self.run_id = saved.get("mlflow_run_id", "")
+        self._write_search_file()  # first thing: from here on the search can be resumed
         if self.table is not None:
             self.dataset = DatasetRef(f"table:{self.table.path.name}", self.table.version, self.table.path.resolve())
         else:
             self.dataset = prepare_and_version(self.config.dataset, self.project_dir)
             self.data = load_prepared(self.project_dir / versioning.DATA_DIR, self.config.dataset)
+            remember_data(self.project_dir, self.config.dataset, self.dataset.version, self.data)
         tracking_uri = resolve_tracking_uri(self.project_dir)
         self.tracker = SearchTracker(tracking_uri, self.config.experiment_name, self.project_dir / ARTIFACTS_DIR_NAME)
-        params = {k: v for k, v in self.config.model_dump(mode="json").items() if v is not None}
-        self.run_id = self.tracker.start_run(
-            f"search-{self.search_id}",
-            params,
-            {
-                "search_id": self.search_id,
-                "role": "search",
-                "strategy": self.config.strategy,
-                "dataset": self.dataset.name,
-                "dataset_version": self.dataset.version,
-                "output": str(self.output),
-            },
-        )
-        write_json_atomic(self.output / "search.json", {"search_id": self.search_id, "mlflow_run_id": self.run_id})
+        if self.run_id:
+            self.tracker.reopen_run(self.run_id)
+            self._restore()
+        else:
+            params = {k: v for k, v in self.config.model_dump(mode="json").items() if v is not None}
+            self.run_id = self.tracker.start_run(
+                f"search-{self.search_id}",
+                params,
+                {
+                    "search_id": self.search_id,
+                    "role": "search",
+                    "strategy": self.config.strategy,
+                    "dataset": self.dataset.name,
+                    "dataset_version": self.dataset.version,
+                    "output": str(self.output),
+                },
+            )
+            self._write_search_file()
         return self.dataset
+
+    def _write_search_file(self) -> None:
+        write_json_atomic(
+            self.output / SEARCH_FILE,
+            {"search_id": self.search_id, "mlflow_run_id": self.run_id, "config": self.config.model_dump(mode="json")},
+        )
+
+    def _restore(self) -> None:
+        """Continue from the last checkpoint; close the runs the dead process left RUNNING."""
+        assert self.tracker is not None
+        path = self.output / STATE_FILE
+        if path.is_file():
+            state = json.loads(path.read_text())
+            self.strategy.load_state_dict(state["strategy"])
+            self.generation = state["generation"]
+            self.current = state["current"]
+            for data in state["finished"]:
+                self._remember(CandidateRecord.from_checkpoint(data))
+            best = self.best()
+            weights_path = self.output / WEIGHTS_FILE
+            if best is not None and weights_path.is_file():
+                saved = torch.load(weights_path, weights_only=True)
+                if saved["hash"] == best.hash:
+                    best.weights = saved["weights"]
+        recorded = {r.mlflow_run_id: r for r in self.records}
+        for run in self.tracker.search_runs({"search_id": self.search_id, "role": "candidate"}, status="RUNNING"):
+            record = recorded.get(run.info.run_id)
+            if record is not None:  # checkpointed, but the process died before closing the run
+                self._close_run(record)
+            else:
+                self.tracker.set_tags(run.info.run_id, {"status": "killed", "failure_reason": KILLED_REASON})
+                self.tracker.end_run(run.info.run_id, ok=False, status="KILLED")
+                self.killed_on_resume += 1
 
     def input_spec(self) -> tuple[tuple[int, ...], int]:
         """Input shape and class count the networks are built for (CIFAR-10's for tables)."""
@@ -195,13 +317,37 @@ class SearchRun:
             self.config.max_flops is None or cost["flops"] <= self.config.max_flops
         )
 
+    def unfinished(self) -> list[dict[str, Any]]:
+        """Proposals of the generation in flight that have no recorded outcome yet."""
+        done = {r.index for r in self.records}
+        return [entry for entry in self.current if entry["index"] not in done]
+
     def remaining(self) -> int:
         return self.config.budget - len(self.records)
 
-    def propose(self) -> list[Proposal]:
-        """The next generation: up to ``population`` unseen genomes, never past the budget."""
-        self.generation += 1
-        return self.strategy.ask(min(self.config.population, self.remaining()))
+    def propose(self) -> list[CandidateJob]:
+        """The jobs to run next: the unfinished ones of the generation in flight (after a resume), else a new
+        generation of up to ``population`` unseen genomes, never past the budget."""
+        if not self.unfinished():
+            count = min(self.config.population, self.remaining())
+            if count <= 0:
+                return []
+            self.generation += 1
+            proposals = self.strategy.ask(count)
+            first = len(self.records) + 1
+            self.current = [self._entry(p, first + i) for i, p in enumerate(proposals)]
+            self._checkpoint()
+        return [self._job(entry) for entry in self.unfinished()]
+
+    def _entry(self, proposal: Proposal, index: int) -> dict[str, Any]:
+        return {
+            "index": index,
+            "generation": self.generation,
+            "genome": proposal.genome.to_dict(),
+            "hash": proposal.hash,
+            "origin": proposal.origin,
+            "parents": list(proposal.parents),
+        }
 
     def train_config(self, genome: Genome | None = None) -> TrainConfig:
         """The search-wide training settings, overridden by the genome's own hyperparameters."""
@@ -217,100 +363,133 @@ class SearchRun:
         )
         return dataclasses.replace(settings, **genome.hparams) if genome is not None else settings
 
-    def evaluate(self, proposal: Proposal, index: int) -> CandidateRecord:
-        """Train (or look up) one proposal under its own nested MLflow run; a bad candidate fails, never raises."""
+    def _job(self, entry: dict[str, Any]) -> CandidateJob:
+        """A self-contained job for one proposal: what to train, how, and where to log it."""
         assert self.tracker is not None and self.dataset is not None
-        genome = proposal.genome
-        train_config = self.train_config(genome)
+        genome = Genome.from_dict(entry["genome"])
+        train = self.train_config(genome)
         settings = (
-            {"evaluator": self.config.evaluator} if self.table else {f"train.{k}": v for k, v in vars(train_config).items()}
+            {"evaluator": self.config.evaluator}
+            if self.table
+            else {f"train.{k}": v for k, v in vars(train).items() if k != "device"}
         )
-        parent_run_ids = [self.by_hash[h].mlflow_run_id for h in proposal.parents if h in self.by_hash]
-        run_id = self.tracker.start_run(
-            f"candidate-{index:03d}-{proposal.hash[:8]}",
-            {**self.space.describe(genome), **settings},
-            {
+        parent_run_ids = [self.by_hash[h].mlflow_run_id for h in entry["parents"] if h in self.by_hash]
+        table = (str(self.table.path), self.table.select_metric, self.table.report_metric) if self.table else None
+        return CandidateJob(
+            search_id=self.search_id,
+            index=entry["index"],
+            generation=entry["generation"],
+            genome=entry["genome"],
+            hash=entry["hash"],
+            origin=entry["origin"],
+            parents=tuple(entry["parents"]),
+            run_name=f"candidate-{entry['index']:03d}-{entry['hash'][:8]}",
+            run_params={**self.space.describe(genome), **settings},
+            run_tags={
                 "search_id": self.search_id,
                 "role": "candidate",
-                "index": index,
-                "generation": self.generation,
+                "index": entry["index"],
+                "generation": entry["generation"],
                 "strategy": self.config.strategy,
-                "origin": proposal.origin,
-                "hash": proposal.hash,
+                "origin": entry["origin"],
+                "hash": entry["hash"],
+                "fidelity": train.epochs,
                 "parents": ",".join(parent_run_ids),
-                "parent_hashes": ",".join(proposal.parents),
+                "parent_hashes": ",".join(entry["parents"]),
                 "dataset": self.dataset.name,
                 "dataset_version": self.dataset.version,
-                "status": "running",
             },
             parent_run_id=self.run_id,
+            tracking_uri=self.tracker.tracking_uri,
+            experiment_id=self.tracker.experiment_id,
+            project_dir=str(self.project_dir),
+            dataset=self.config.dataset,
+            dataset_version=self.dataset.version,
+            space=self.config.space,
+            space_options=space_options(self.config),
+            hparams=self.config.hparams,
+            train=train,
+            table=table,
+            devices=self.config.device,
+            per_device=self.config.candidates_per_gpu,
+            threads=threads_per_candidate(self.config.workers),
         )
-        self.tracker.log_json(run_id, genome.to_dict(), "genome.json")
-        record = CandidateRecord(
-            index, self.generation, genome, proposal.origin, list(proposal.parents), parent_run_ids, run_id, "failed",
-            hash=proposal.hash,
-        )  # fmt: skip
-        try:
-            if self.table is not None:
-                record.status, record.metrics = "ok", {**self.table.evaluate(self.space, genome), **self.cost(genome)}
-            else:
-                assert self.data is not None
-                result = train_genome(
-                    genome,
-                    self.data,
-                    train_config,
-                    on_epoch=lambda m: self.tracker.log_metrics(run_id, {k: getattr(m, k) for k in EPOCH_METRICS}, step=m.epoch),
-                    build=self.space.build,
-                )
-                record.status, record.reason, record.model = result.status, result.reason, result.model
-                record.metrics = result.metrics()
-        except Exception as exc:  # a broken candidate must not end the search
-            record.status = "failed"
-            record.reason = f"error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-        return self._finish_candidate(record)
 
-    def _finish_candidate(self, record: CandidateRecord) -> CandidateRecord:
+    def record(self, outcome: CandidateOutcome) -> CandidateRecord:
+        """Remember one outcome, checkpoint, then close its MLflow run (in that order, for resume)."""
+        entry = next(e for e in self.current if e["index"] == outcome.index)
+        genome = Genome.from_dict(entry["genome"])
+        metrics = dict(outcome.metrics)
+        if self.table is not None and outcome.ok:
+            metrics.update(self.cost(genome))
+        record = CandidateRecord(
+            outcome.index, entry["generation"], genome, entry["origin"], list(entry["parents"]),
+            [self.by_hash[h].mlflow_run_id for h in entry["parents"] if h in self.by_hash], outcome.run_id,
+            outcome.status, outcome.reason, metrics, outcome.weights, hash=entry["hash"], fidelity=self.config.epochs,
+        )  # fmt: skip
+        previous_best = self.best()
+        self._remember(record)
+        if record.ok and self.best() is record:
+            if record.weights is not None:
+                self._save_weights(record)
+            if previous_best is not None:
+                previous_best.weights = None
+        else:
+            record.weights = None
+        self._checkpoint()
+        self._close_run(record)
+        best = self.best()
+        if best is not None:
+            self.tracker.log_metrics(self.run_id, {"best_val_accuracy": best.metrics["val_accuracy"]}, step=len(self.records))
+        if self.on_record is not None:
+            self.on_record(record)
+        return record
+
+    def _remember(self, record: CandidateRecord) -> None:
+        self.records.append(record)
+        self.by_hash[record.hash] = record
+
+    def _save_weights(self, record: CandidateRecord) -> None:
+        tmp = self.output / f".{WEIGHTS_FILE}.tmp"
+        torch.save({"hash": record.hash, "weights": record.weights}, tmp)
+        os.replace(tmp, self.output / WEIGHTS_FILE)
+
+    def _close_run(self, record: CandidateRecord) -> None:
         """Log final metrics, status and reason; close the candidate's run."""
         assert self.tracker is not None
         run_id = record.mlflow_run_id
         final = {k: v for k, v in record.metrics.items() if k not in EPOCH_METRICS or self.table}  # else in the history
         if final:
-            self.tracker.log_metrics(run_id, final, step=self.config.epochs)
+            self.tracker.log_metrics(run_id, final, step=record.fidelity)
         self.tracker.set_tags(run_id, {"status": record.status, **({"failure_reason": record.reason} if record.reason else {})})
         self.tracker.end_run(run_id, record.ok)
-        if self.on_record is not None:
-            self.on_record(record)
-        return record
 
-    def select(self, records: list[CandidateRecord]) -> CandidateRecord | None:
-        """Tell the strategy, keep the best model only, checkpoint the strategy; return the best so far."""
-        self.strategy.tell(
-            [
-                CandidateResult(r.genome, r.status, r.metrics.get("val_accuracy") if r.ok else None, r.reason, r.metrics, r.hash)
-                for r in records
-            ]
-        )
-        assert self.tracker is not None
-        for record in records:
-            self.records.append(record)
-            self.by_hash[record.hash] = record
-            best = self.best()
-            if best is not None:
-                self.tracker.log_metrics(self.run_id, {"best_val_accuracy": best.metrics["val_accuracy"]}, step=len(self.records))
-        best = self.best()
-        for record in self.records:
-            if record is not best:
-                record.model = None
+    def _checkpoint(self) -> None:
         write_json_atomic(
-            self.output / "state.json",
+            self.output / STATE_FILE,
             {
+                "format": 2,
                 "search_id": self.search_id,
                 "generation": self.generation,
                 "strategy": self.strategy.state_dict(),
-                "finished": [r.summary() for r in self.records],
+                "current": self.current,
+                "finished": [r.checkpoint() for r in self.records],
             },
         )
-        return best
+
+    def select(self) -> CandidateRecord | None:
+        """Tell the strategy the generation's results in proposal order, checkpoint; return the best so far."""
+        indices = {entry["index"] for entry in self.current}
+        generation = sorted((r for r in self.records if r.index in indices), key=lambda r: r.index)
+        self.strategy.tell(
+            [
+                CandidateResult(r.genome, r.status, r.metrics.get("val_accuracy") if r.ok else None, r.reason, r.metrics, r.hash)
+                for r in generation
+            ]
+        )
+        self.current = []
+        self._checkpoint()
+        return self.best()
 
     def best(self) -> CandidateRecord | None:
         finished = [r for r in self.records if r.ok]
@@ -319,12 +498,20 @@ class SearchRun:
     def can_export(self) -> bool:
         """A trained best model exists (table evaluations have no weights to export)."""
         best = self.best()
-        return best is not None and best.model is not None
+        return best is not None and best.weights is not None
+
+    def best_model(self) -> nn.Module:
+        """The best candidate's network with its trained weights."""
+        best = self.best()
+        assert best is not None and best.weights is not None and self.data is not None
+        model = self.space.build(best.genome, self.data.input_shape, self.data.num_classes, self.data.mean, self.data.std)
+        model.load_state_dict(best.weights)
+        return model.eval()
 
     def export(self) -> ExportReport:
         """Export the best candidate to ``<output>/model.onnx`` (verified) and log it on the parent run."""
         best = self.best()
-        assert best is not None and best.model is not None and self.data is not None and self.dataset is not None
+        assert best is not None and self.data is not None and self.dataset is not None
         metadata = {
             "nas.genome": best.genome.to_json(),
             "nas.hash": best.hash,
@@ -337,7 +524,7 @@ class SearchRun:
             "nas.input_range": "float32 in [0, 1]; normalisation is inside the model",
             "nas.classes": json.dumps(self.data.classes),
         }
-        report = export_onnx(best.model, self.output / "model.onnx", self.data.x["test"], metadata)
+        report = export_onnx(self.best_model(), self.output / "model.onnx", self.data.x["test"], metadata)
         assert self.tracker is not None
         self.tracker.log_artifact(self.run_id, report.path, "model")
         self.tracker.log_metrics(self.run_id, {"onnx_max_abs_diff": report.max_abs_diff})
@@ -345,7 +532,7 @@ class SearchRun:
         return report
 
     def abort(self, reason: str) -> None:
-        """Close the parent run as FAILED (the search itself broke, not just a candidate)."""
+        """Close the parent run as FAILED (the search itself broke, not just a candidate); it can be resumed."""
         if self.tracker is not None and self.run_id:
             self.tracker.set_tags(self.run_id, {"status": "failed", "failure_reason": reason[:5000]})
             self.tracker.end_run(self.run_id, ok=False)
@@ -366,7 +553,7 @@ class SearchRun:
             "budget": self.config.budget,
             "seed": self.config.seed,
             "elapsed_seconds": round(time.monotonic() - self.started, 2),
-            "candidates": [r.summary() for r in self.records],
+            "candidates": [r.summary() for r in sorted(self.records, key=lambda r: r.index)],
             "best": None,
         }
         if best is not None:
@@ -383,8 +570,8 @@ class SearchRun:
                 "onnx_path": str(report.path) if report else None,
                 "onnx_max_abs_diff": report.max_abs_diff if report else None,
             }
-        write_json_atomic(self.output / "summary.json", summary)
-        self.tracker.log_artifact(self.run_id, self.output / "summary.json")
+        write_json_atomic(self.output / SUMMARY_FILE, summary)
+        self.tracker.log_artifact(self.run_id, self.output / SUMMARY_FILE)
         self.tracker.set_tags(self.run_id, {"status": "ok" if summary["best"] else "failed"})
         self.tracker.end_run(self.run_id, summary["best"] is not None)
         return summary
@@ -392,6 +579,6 @@ class SearchRun:
 
 def set_torch_threads(workers: int) -> int:
     """Give each parallel candidate its share of the cores (no oversubscription)."""
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    threads = threads_per_candidate(workers)
     torch.set_num_threads(threads)
     return threads

@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
@@ -32,16 +32,119 @@ def ui_command(tracking_uri: str) -> str:
     return f"mlflow ui --backend-store-uri {tracking_uri}"
 
 
-def _retry(call: Callable[[], T], attempts: int = 6, delay: float = 0.2) -> T:
-    """Retry a store call that failed because the store was busy (SQLite lock, server hiccup)."""
+# MLflow error codes that say "try again later" / "this request is wrong, retrying will not help".
+_TRANSIENT_CODES = frozenset({"TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", "DEADLINE_EXCEEDED"})
+_DETERMINISTIC_CODES = frozenset(
+    {
+        "INVALID_PARAMETER_VALUE",
+        "RESOURCE_DOES_NOT_EXIST",
+        "RESOURCE_ALREADY_EXISTS",
+        "RESOURCE_CONFLICT",
+        "INVALID_STATE",
+        "BAD_REQUEST",
+        "MALFORMED_REQUEST",
+        "ENDPOINT_NOT_FOUND",
+        "NOT_IMPLEMENTED",
+        "FEATURE_DISABLED",
+        "PERMISSION_DENIED",
+        "UNAUTHENTICATED",
+        "CUSTOMER_UNAUTHORIZED",
+    }
+)
+_TRANSIENT_HTTP_STATUS = (429, 502, 503, 504)
+# A store that is busy, rate limited, restarting or briefly unreachable (SQLite, Postgres/MySQL, HTTP, sockets).
+_TRANSIENT_MARKERS = (
+    "database is locked",
+    "database table is locked",
+    "database is busy",
+    "sqlite_busy",
+    "sqlite_locked",
+    "deadlock",
+    "temporarily unavailable",
+    "temporarily_unavailable",
+    "too many requests",
+    "rate limit",
+    "request_limit_exceeded",
+    "service unavailable",
+    "bad gateway",
+    "gateway timeout",
+    "gateway time-out",
+    *(f"{prefix} {code}" for code in _TRANSIENT_HTTP_STATUS for prefix in ("code", "status", "http", "too many")),
+    "connection refused",
+    "connection reset",
+    "connection aborted",
+    "remotedisconnected",
+    "newconnectionerror",
+    "read timed out",
+    "timeout exception",
+    "could not connect to server",
+    "server closed the connection",
+    "lost connection to",
+)
+# SQLAlchemy reports these as OperationalError (and MLflow as TEMPORARILY_UNAVAILABLE), yet they never heal by waiting.
+_DETERMINISTIC_MARKERS = ("no such table", "no such column", "unable to open database file", "readonly database", "syntax error")
+
+
+def _is_transient_link(exc: BaseException) -> bool:
+    """One exception of a chain, judged on its own."""
+    import sqlite3
+
+    import requests
+    import sqlalchemy.exc
+
+    if isinstance(exc, (ConnectionError, TimeoutError, requests.exceptions.ConnectionError, requests.exceptions.Timeout)):
+        return True
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    if isinstance(exc, requests.exceptions.HTTPError) and status in _TRANSIENT_HTTP_STATUS:
+        return True
+    if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated:
+        return True  # the database dropped the connection; the pool reconnects on the next call
+    message = str(exc).lower()
+    if any(marker in message for marker in _DETERMINISTIC_MARKERS):
+        return False
+    if isinstance(exc, MlflowException) and exc.error_code in _TRANSIENT_CODES:
+        return True
+    if isinstance(exc, (MlflowException, sqlalchemy.exc.OperationalError, sqlite3.OperationalError)):
+        return any(marker in message for marker in _TRANSIENT_MARKERS)
+    return False
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether ``exc`` means the tracking store was busy or unreachable, so the same call may succeed later.
+
+    Transient: SQLite "database is locked"/"busy" (as ``MlflowException`` or a raw SQLAlchemy/sqlite3
+    ``OperationalError``), "temporarily unavailable", rate limits and HTTP 429/502/503/504, dropped or refused
+    connections and timeouts (``ConnectionError``, ``TimeoutError``, their ``requests`` counterparts), also when
+    MLflow wrapped them in an ``MlflowException`` (the cause/context chain is followed). Deterministic errors
+    such as ``RESOURCE_DOES_NOT_EXIST`` or ``INVALID_PARAMETER_VALUE`` are never transient, whatever their
+    message says; neither is any other exception type (a plain ``OSError``, a training ``RuntimeError``).
+    """
+    if isinstance(exc, MlflowException) and exc.error_code in _DETERMINISTIC_CODES:
+        return False
+    seen: set[int] = set()
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen and len(seen) < 16:
+        seen.add(id(link))
+        if _is_transient_link(link):
+            return True
+        link = link.__cause__ or (None if link.__suppress_context__ else link.__context__)
+    return False
+
+
+def _retry(call: Callable[[], T], attempts: int = 8, delay: float = 0.2, max_delay: float = 8.0) -> T:
+    """Run a store call, retrying it with exponential back-off while it fails with a transient error.
+
+    Waits ``delay * 2**n`` seconds (at most ``max_delay``) between attempts: 0.2, 0.4, ... 6.4, 8 s, about
+    21 s in all with the defaults. Errors that are not transient (see :func:`is_transient`) are raised at once;
+    a transient one is raised after the last attempt.
+    """
     for attempt in range(attempts):
         try:
             return call()
-        except MlflowException as exc:
-            transient = "locked" in str(exc).lower() or "temporarily" in str(exc).lower()
-            if not transient or attempt == attempts - 1:
+        except Exception as exc:
+            if attempt == attempts - 1 or not is_transient(exc):
                 raise
-            time.sleep(delay * 2**attempt)
+            time.sleep(min(delay * 2**attempt, max_delay))
     raise AssertionError("unreachable")
 
 
@@ -65,7 +168,13 @@ class SearchTracker:
         else:
             local = tracking_uri.startswith(("sqlite:", "file:")) and artifact_root is not None
             location = Path(artifact_root).resolve().as_uri() if local else None
-            self.experiment_id = _retry(lambda: self.client.create_experiment(experiment, artifact_location=location))
+            try:
+                self.experiment_id = _retry(lambda: self.client.create_experiment(experiment, artifact_location=location))
+            except MlflowException:  # another process created it at the same moment
+                found = _retry(lambda: self.client.get_experiment_by_name(experiment))
+                if found is None:
+                    raise
+                self.experiment_id = found.experiment_id
 
     def start_run(
         self,
@@ -75,7 +184,7 @@ class SearchTracker:
         parent_run_id: str | None = None,
     ) -> str:
         """Create a run (nested under ``parent_run_id`` when given) with its params and tags; return its id."""
-        run_tags = {MLFLOW_RUN_NAME: name, **{f"{TAG_PREFIX}{k}": v for k, v in tags.items()}}
+        run_tags = {MLFLOW_RUN_NAME: name, **{f"{TAG_PREFIX}{k}": str(v) for k, v in tags.items()}}
         if parent_run_id:
             run_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
         run = _retry(lambda: self.client.create_run(self.experiment_id, tags=run_tags, run_name=name))
@@ -100,5 +209,27 @@ class SearchTracker:
     def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
         _retry(lambda: self.client.log_artifact(run_id, str(path), artifact_path))
 
-    def end_run(self, run_id: str, ok: bool) -> None:
-        _retry(lambda: self.client.set_terminated(run_id, "FINISHED" if ok else "FAILED"))
+    def end_run(self, run_id: str, ok: bool, status: str | None = None) -> None:
+        """Close a run as FINISHED or FAILED (or an explicit MLflow status such as KILLED)."""
+        final = status or ("FINISHED" if ok else "FAILED")
+        _retry(lambda: self.client.set_terminated(run_id, final))
+
+    @classmethod
+    def attach(cls, tracking_uri: str, experiment_id: str) -> SearchTracker:
+        """A tracker for an experiment that already exists (in a worker process, say)."""
+        tracker = cls.__new__(cls)
+        tracker.tracking_uri, tracker.experiment_id = tracking_uri, experiment_id
+        tracker.client = MlflowClient(tracking_uri)
+        return tracker
+
+    def reopen_run(self, run_id: str) -> None:
+        """Mark a run RUNNING again (a resumed search continues under its old parent run)."""
+        _retry(lambda: self.client.update_run(run_id, status="RUNNING"))
+
+    def search_runs(self, tags: Mapping[str, str], status: str | None = None) -> list[Run]:
+        """Runs of this experiment whose ``nas.`` tags have the given values (and status, when given)."""
+        clauses = [f"tags.`{TAG_PREFIX}{k}` = '{v}'" for k, v in tags.items()]
+        if status:
+            clauses.append(f"attributes.status = '{status}'")
+        query = " and ".join(clauses)
+        return _retry(lambda: list(self.client.search_runs([self.experiment_id], query, max_results=50_000)))

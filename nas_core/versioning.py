@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -63,3 +64,60 @@ def tracked_version(root: Path) -> str:
         return str(outs[0]["md5"])
     except (OSError, yaml.YAMLError, KeyError, IndexError, TypeError) as exc:
         raise VersioningError(f"cannot read the data version from {path}: {exc}") from None
+
+
+class DataIntegrityError(VersioningError):
+    """The prepared data in the workspace does not match the version recorded in ``data.dvc``."""
+
+
+_SHOWN_FILES = 5  # the error names this many changed files at most
+
+
+def data_changes(root: Path) -> dict[str, list[str]]:
+    """How ``data/`` differs from ``data.dvc``: ``{"modified"|"added"|"deleted": [paths]}``, empty when it matches.
+
+    One ``dvc data status --granular`` call: DVC hashes the workspace (reusing its mtime-keyed hash cache) and
+    compares it with the ``.dir`` manifest in the DVC cache. Without that manifest and DVC's index copy of it in
+    ``.dvc/tmp`` (a clone that never pulled) only the directory hash is compared, so a mismatch is just
+    ``{"modified": ["data/"]}``; ``"not_in_cache": ["data/"]`` is added to a mismatch whenever the cache lacks it.
+    """
+    status = json.loads(run_dvc(Path(root), "data", "status", "--json", "--granular", DATA_DIR) or "{}")
+    uncommitted = status.get("uncommitted", {})
+    changes: dict[str, list[str]] = {}
+    for kind in ("modified", "added", "deleted"):
+        paths = [p for p in uncommitted.get(kind, []) if isinstance(p, str)]
+        files = [p for p in paths if not p.endswith(("/", os.sep))]
+        if files or paths:
+            changes[kind] = files or paths  # a directory entry alone means no file-level detail
+    for rename in uncommitted.get("renamed", []):
+        changes.setdefault("deleted", []).append(rename["old"])
+        changes.setdefault("added", []).append(rename["new"])
+    missing = [p for p in status.get("not_in_cache", []) if p.rstrip("/" + os.sep) == DATA_DIR]
+    if changes and missing:
+        changes["not_in_cache"] = missing
+    return changes
+
+
+def check_data(root: Path) -> None:
+    """Raise DataIntegrityError when ``data/`` differs from ``data.dvc``; nothing to check without either."""
+    root = Path(root)
+    if not (root / DVC_FILE).is_file() or not (root / DATA_DIR).exists():
+        return
+    changes = data_changes(root)
+    if not changes:
+        return
+    no_manifest = bool(changes.pop("not_in_cache", None))
+    parts, shown = [], 0
+    for kind, paths in changes.items():
+        names = paths[: max(_SHOWN_FILES - shown, 1)]
+        shown += len(names)
+        more = f" and {len(paths) - len(names)} more" if len(paths) > len(names) else ""
+        parts.append(f"{kind}: {', '.join(names)}{more}")
+    if no_manifest:
+        if any(p.endswith(("/", os.sep)) for paths in changes.values() for p in paths):
+            parts.append("no file-level detail: the DVC cache lacks its manifest")
+        restore = f"restore it with `dvc pull --force {DVC_FILE}` (`dvc checkout` needs the cache)"
+    else:
+        restore = f"restore it with `dvc checkout --force {DVC_FILE}` (or `dvc pull --force {DVC_FILE}` if the cache is empty)"
+    intended = f"or run `dvc add {DATA_DIR}` if the change is intended"
+    raise DataIntegrityError(f"{DATA_DIR}/ does not match {DVC_FILE} ({'; '.join(parts)}); {restore}, {intended}")

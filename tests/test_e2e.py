@@ -125,7 +125,9 @@ def test_model_and_summary_are_logged_on_the_parent_run(searched):
 def test_state_checkpoint_lists_every_finished_candidate(searched):
     project, summary, _ = searched
     state = json.loads((project / "out" / "state.json").read_text())
-    assert [c["hash"] for c in state["finished"]] == [c["hash"] for c in summary["candidates"]]
+    finished = sorted(state["finished"], key=lambda c: c["index"])  # in the order they finished
+    assert [c["hash"] for c in finished] == [c["hash"] for c in summary["candidates"]]
+    assert state["current"] == [], "no generation is left in flight at the end"
     json.dumps(state["strategy"])  # plain data
 
 

@@ -5,6 +5,7 @@ import json
 import pytest
 from mlflow.tracking import MlflowClient
 
+from nas_core.candidate import run_candidate
 from nas_core.config import SearchConfig
 from nas_core.search import SearchRun
 
@@ -13,10 +14,10 @@ def _run(project, **settings):
     config = SearchConfig(project_dir=project, output=project / "out", epochs=1, population=2, budget=2, **settings)
     run = SearchRun(config, search_id="direct")
     run.prepare()
-    while run.remaining() > 0:
-        proposals = run.propose()
-        start = len(run.records)
-        run.select([run.evaluate(p, start + i + 1) for i, p in enumerate(proposals)])
+    while jobs := run.propose():
+        for job in jobs:
+            run.record(run_candidate(job))
+        run.select()
     return run
 
 

@@ -183,9 +183,7 @@ def search(
     report_metric: Annotated[str | None, typer.Option(help="Table column to report (default: test_acc_200).")] = None,
     max_params: Annotated[int | None, typer.Option(help="Only propose architectures with at most this many parameters.")] = None,
     max_flops: Annotated[int | None, typer.Option(help="Only propose architectures with at most this many FLOPs.")] = None,
-    runner: Annotated[
-        str | None, typer.Option(help="Where candidates train: threads (default), processes, or dask.")
-    ] = None,
+    runner: Annotated[str | None, typer.Option(help="Where candidates train: threads (default), processes, or dask.")] = None,
     dask_address: Annotated[
         str | None, typer.Option(help="Scheduler address of a running Dask cluster (with --runner dask; none: a local one).")
     ] = None,
@@ -296,6 +294,11 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         if os.environ.get("NAS_DEBUG"):
             raise
+        from nas_core.versioning import VersioningError
+
+        if isinstance(exc, VersioningError):  # its message already says what to do
+            console.print(f"error: {escape(str(exc))}")
+            return EXIT_FAILED
         console.print(
             f"error: {escape(type(exc).__name__)}: {escape(str(exc).splitlines()[0] if str(exc) else '')} "
             "(set NAS_DEBUG=1 for the traceback)"

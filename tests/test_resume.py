@@ -85,7 +85,8 @@ def test_a_resumed_search_proposes_exactly_what_an_uninterrupted_one_does(tmp_pa
     assert all(r.info.status in TERMINAL for r in runs), "no run is left RUNNING"
     killed = [r for r in runs if r.info.status == "KILLED"]
     assert len(killed) == 1 and killed[0].data.tags["nas.failure_reason"] == KILLED_REASON
-    finished = [r.data.tags["nas.hash"] + "@" + r.data.tags["nas.fidelity"] for r in runs if r.data.tags.get("nas.role") == "candidate" and r.info.status != "KILLED"]
+    candidates = [r for r in runs if r.data.tags.get("nas.role") == "candidate"]
+    finished = [r.data.tags["nas.hash"] + "@" + r.data.tags["nas.fidelity"] for r in candidates if r.info.status != "KILLED"]
     assert len(finished) == len(set(finished)) == 14, "each identity (hash, fidelity) finished exactly once"
     parent = MlflowClient(resumed.tracker.tracking_uri).get_run(resumed.run_id)
     assert parent.info.status == "FINISHED"

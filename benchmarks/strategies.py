@@ -22,12 +22,9 @@ import json
 import math
 import multiprocessing
 import os
-import platform
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +35,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(REPO_ROOT))
 
+from benchmarks.common import environment as common_environment  # noqa: E402
+from benchmarks.common import package_version  # noqa: E402
 from nas_core.evaluators import DEFAULT_REPORT_METRIC, DEFAULT_SELECT_METRIC, TableError, TableEvaluator  # noqa: E402
 from nas_core.spaces import create_space  # noqa: E402
 from nas_core.spaces.nb201 import EDGES, NB201_OPS, format_arch  # noqa: E402
@@ -171,33 +170,11 @@ def print_table(results: Sequence[dict[str, Any]], report_metric: str) -> None:
 
 
 def _version(package: str) -> str | None:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return None
+    return package_version(package)
 
 
 def environment() -> dict[str, Any]:
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = bool(
-            subprocess.run(["git", "status", "--porcelain"], cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout
-        )
-    except (OSError, subprocess.CalledProcessError):
-        commit, dirty = None, None
-    return {
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-        },
-        "versions": {p: _version(p) for p in ("nas-pipeline", "numpy", "scipy", "scikit-learn", "torch", "optuna")},
-        "git_commit": commit,
-        "git_dirty": dirty,
-    }
+    return common_environment(("numpy", "scipy", "scikit-learn", "torch", "optuna"))
 
 
 _THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")

@@ -328,6 +328,8 @@ class SearchRun:
     def propose(self) -> list[CandidateJob]:
         """The jobs to run next: the unfinished ones of the generation in flight (after a resume), else a new
         generation of up to ``population`` unseen genomes, never past the budget."""
+        if self.current and not self.unfinished():
+            self.select()  # resumed after the generation's last candidate but before it was told to the strategy
         if not self.unfinished():
             count = min(self.config.population, self.remaining())
             if count <= 0:

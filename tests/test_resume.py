@@ -33,7 +33,10 @@ def _config(project: Path, table: Path, **settings) -> SearchConfig:
 
 
 def _drive(run: SearchRun, stop_after: int | None = None, orphan: bool = False) -> SearchRun:
-    """Run the search loop in process; stop ("crash") after ``stop_after`` records, optionally with a run left open."""
+    """Run the search loop in process; stop ("crash") after ``stop_after`` records, optionally with a run left open.
+
+    When ``stop_after`` is the end of a generation, the crash comes before that generation's ``select``.
+    """
     while jobs := run.propose():
         for job in jobs:
             if stop_after is not None and len(run.records) == stop_after:
@@ -41,6 +44,8 @@ def _drive(run: SearchRun, stop_after: int | None = None, orphan: bool = False) 
                     run_candidate(job)  # trained, but the process "dies" before recording it: RUNNING in MLflow
                 return run
             run.record(run_candidate(job))
+        if stop_after is not None and len(run.records) == stop_after:
+            return run
         run.select()
     run.finish(None)
     return run
@@ -56,8 +61,12 @@ def table(tmp_path):
     return write_table(tmp_path / "toy_table.json")
 
 
-@pytest.mark.parametrize("strategy", ["evolution", "bo"])
-def test_a_resumed_search_proposes_exactly_what_an_uninterrupted_one_does(tmp_path, table, monkeypatch, strategy):
+@pytest.mark.parametrize(
+    ("strategy", "stop_after", "orphan"),
+    [("evolution", 6, True), ("bo", 6, True), ("evolution", 8, False)],
+    ids=["evolution-mid-generation", "bo-mid-generation", "evolution-before-select"],
+)
+def test_a_resumed_search_proposes_exactly_what_an_uninterrupted_one_does(tmp_path, table, monkeypatch, strategy, stop_after, orphan):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     whole_project, broken_project = make_project(tmp_path / "whole"), make_project(tmp_path / "broken")
     whole = SearchRun(_config(whole_project, table, strategy=strategy), search_id="whole")
@@ -66,11 +75,11 @@ def test_a_resumed_search_proposes_exactly_what_an_uninterrupted_one_does(tmp_pa
 
     first = SearchRun(_config(broken_project, table, strategy=strategy), search_id="broken")
     first.prepare()
-    _drive(first, stop_after=6, orphan=True)  # mid-way through the second generation of 4
+    _drive(first, stop_after=stop_after, orphan=orphan)  # generations of 4: 6 is mid-way, 8 the end of the second
     resumed = SearchRun(_config(broken_project, table, strategy=strategy), search_id="broken", resume=True)
     resumed.prepare()
     assert resumed.run_id == first.run_id, "the same MLflow parent run continues"
-    assert len(resumed.records) == 6 and resumed.killed_on_resume == 1
+    assert len(resumed.records) == stop_after and resumed.killed_on_resume == int(orphan)
     _drive(resumed)
 
     def order(run):
@@ -84,7 +93,7 @@ def test_a_resumed_search_proposes_exactly_what_an_uninterrupted_one_does(tmp_pa
     runs = _runs(resumed)
     assert all(r.info.status in TERMINAL for r in runs), "no run is left RUNNING"
     killed = [r for r in runs if r.info.status == "KILLED"]
-    assert len(killed) == 1 and killed[0].data.tags["nas.failure_reason"] == KILLED_REASON
+    assert len(killed) == int(orphan) and all(r.data.tags["nas.failure_reason"] == KILLED_REASON for r in killed)
     candidates = [r for r in runs if r.data.tags.get("nas.role") == "candidate"]
     finished = [r.data.tags["nas.hash"] + "@" + r.data.tags["nas.fidelity"] for r in candidates if r.info.status != "KILLED"]
     assert len(finished) == len(set(finished)) == 14, "each identity (hash, fidelity) finished exactly once"

@@ -123,15 +123,15 @@ def _resumed_config(target: str, config_file: Path | None, overrides: dict[str, 
 
 
 def _with_default_workers(config):
-    """On GPUs, unless --workers was given: one candidate per GPU slot (GPUs x candidates per GPU)."""
-    from flows.runners import uses_gpus
-    from nas_core.devices import DeviceError, visible_devices
+    """On GPUs, unless workers was set: one candidate per GPU slot (GPUs x candidates per GPU)."""
+    from nas_core.devices import DeviceError, trains_on_gpus, visible_devices
 
+    remote = config.runner == "dask" and bool(config.dask_address)
     try:
-        gpus = uses_gpus(config)
+        gpus = trains_on_gpus(config.device, remote_cluster=remote)
     except DeviceError as exc:
         raise UsageProblem(str(exc)) from None
-    if "workers" not in config.model_fields_set and gpus and not config.dask_address:
+    if "workers" not in config.model_fields_set and gpus and not remote:
         return config.model_copy(update={"workers": len(visible_devices(config.device)) * config.candidates_per_gpu})
     return config
 
@@ -210,9 +210,10 @@ def search(
     }  # fmt: skip
     if resume is not None:
         config, search_id = _resumed_config(resume, config_file, overrides, execution)
+        config = _with_default_workers(config)
         out = Path(config.output)
     else:
-        config = _load_search_config(config_file, {**overrides, **execution})
+        config = _with_default_workers(_load_search_config(config_file, {**overrides, **execution}))
         from nas_core.search import new_search_id
 
         search_id = new_search_id()
@@ -221,7 +222,6 @@ def search(
         _check_not_a_search(out)
         config = config.model_copy(update={"output": out})
     _prefect_environment(config.project_dir)  # before anything imports prefect
-    config = _with_default_workers(config)
     from flows.search import search_flow
 
     console.print(

@@ -9,7 +9,7 @@ from typing import Any
 from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
 
 from nas_core.config import SearchConfig
-from nas_core.devices import visible_devices
+from nas_core.devices import trains_on_gpus
 
 GPU_RESOURCE = "GPU"  # start Dask workers with `--resources GPU=<gpus on that worker>`
 
@@ -33,9 +33,7 @@ def task_runner(config: SearchConfig) -> TaskRunner:
 
 def uses_gpus(config: SearchConfig) -> bool:
     """Whether candidates will train on GPUs (on a Dask cluster the workers' GPUs are not visible here)."""
-    if config.runner == "dask" and config.dask_address:
-        return config.device not in ("auto", "cpu")
-    return visible_devices(config.device) != ["cpu"]
+    return trains_on_gpus(config.device, remote_cluster=config.runner == "dask" and bool(config.dask_address))
 
 
 @contextlib.contextmanager

@@ -56,6 +56,13 @@ def visible_devices(kind: str = "auto") -> list[str]:
     return [f"cuda:{i}" for i in indices]
 
 
+def trains_on_gpus(device: str, remote_cluster: bool = False) -> bool:
+    """Whether candidates will train on GPUs; on a remote cluster its GPUs are not visible here, so ``auto`` means no."""
+    if remote_cluster:
+        return device.strip().lower() not in ("auto", "cpu")
+    return visible_devices(device) != ["cpu"]
+
+
 def free_memory(device: str) -> None:
     """Collect garbage and, for an initialised CUDA device, return its cached blocks to the driver."""
     gc.collect()

@@ -66,7 +66,9 @@ def table(tmp_path):
     [("evolution", 6, True), ("bo", 6, True), ("evolution", 8, False)],
     ids=["evolution-mid-generation", "bo-mid-generation", "evolution-before-select"],
 )
-def test_a_resumed_search_proposes_exactly_what_an_uninterrupted_one_does(tmp_path, table, monkeypatch, strategy, stop_after, orphan):
+def test_a_resumed_search_proposes_exactly_what_an_uninterrupted_one_does(
+    tmp_path, table, monkeypatch, strategy, stop_after, orphan
+):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     whole_project, broken_project = make_project(tmp_path / "whole"), make_project(tmp_path / "broken")
     whole = SearchRun(_config(whole_project, table, strategy=strategy), search_id="whole")

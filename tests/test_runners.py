@@ -81,3 +81,15 @@ def test_a_real_search_on_worker_processes(tmp_path, monkeypatch, cluster, runne
     for run in runs:
         history = client.get_metric_history(run.info.run_id, "val_accuracy")
         assert [m.step for m in history] == [1, 2]
+
+
+@pytest.mark.parametrize(("device", "message"), [("cuda", "no CUDA device is visible"), ("7", "out of range")])
+def test_asking_for_gpus_that_are_not_there_is_one_line(tmp_path, monkeypatch, capsys, device, message):
+    from flows.cli import EXIT_USAGE, main
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    monkeypatch.chdir(tmp_path)
+    assert main(["search", "--device", device, "--output", str(tmp_path / "out")]) == EXIT_USAGE
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+    assert not (tmp_path / "out").exists(), "nothing is written"

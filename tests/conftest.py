@@ -59,3 +59,27 @@ def single_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+class Flaky:
+    """Raises the given exceptions in turn, then returns 'done'; counts its calls."""
+
+    def __init__(self, *errors: BaseException) -> None:
+        self.errors = list(errors)
+        self.calls = 0
+
+    def __call__(self) -> str:
+        self.calls += 1
+        if self.errors:
+            raise self.errors.pop(0)
+        return "done"
+
+
+@pytest.fixture
+def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """Waits of nas_core.tracking's retries, recorded instead of slept."""
+    from nas_core import tracking
+
+    waited: list[float] = []
+    monkeypatch.setattr(tracking.time, "sleep", waited.append)
+    return waited

@@ -9,8 +9,8 @@ import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from nas_core import tracking
 from nas_core.tracking import DEFAULT_DB_NAME, TAG_PREFIX, SearchTracker, _retry, resolve_tracking_uri, ui_command
+from tests.conftest import Flaky
 
 
 @pytest.fixture(scope="module")
@@ -160,27 +160,6 @@ def test_ui_command():
 
 
 # ---- retries ---------------------------------------------------------------------------------
-
-
-class Flaky:
-    """Raises the given exceptions in turn, then returns 'done'; counts its calls."""
-
-    def __init__(self, *errors: Exception) -> None:
-        self.errors = list(errors)
-        self.calls = 0
-
-    def __call__(self) -> str:
-        self.calls += 1
-        if self.errors:
-            raise self.errors.pop(0)
-        return "done"
-
-
-@pytest.fixture
-def sleeps(monkeypatch):
-    waited: list[float] = []
-    monkeypatch.setattr(tracking.time, "sleep", waited.append)
-    return waited
 
 
 def test_retry_retries_a_locked_database_then_succeeds(sleeps):

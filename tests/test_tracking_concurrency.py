@@ -32,6 +32,7 @@ from mlflow.tracking import MlflowClient
 
 from nas_core import tracking
 from nas_core.tracking import TAG_PREFIX, SearchTracker, _retry, is_transient
+from tests.conftest import Flaky
 
 EXPERIMENT = "concurrency"
 WORKERS = 8
@@ -43,27 +44,6 @@ SERVER_START_TIMEOUT_S = 90
 
 
 # ---- the retry policy ------------------------------------------------------------------------
-
-
-class Flaky:
-    """Raises the given exceptions in turn, then returns 'done'; counts its calls."""
-
-    def __init__(self, *errors: BaseException) -> None:
-        self.errors = list(errors)
-        self.calls = 0
-
-    def __call__(self) -> str:
-        self.calls += 1
-        if self.errors:
-            raise self.errors.pop(0)
-        return "done"
-
-
-@pytest.fixture
-def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    waited: list[float] = []
-    monkeypatch.setattr(tracking.time, "sleep", waited.append)
-    return waited
 
 
 def _wrapped(cause: BaseException, message: str) -> MlflowException:

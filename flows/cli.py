@@ -15,7 +15,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from nas_core.gate import Gate, GateError, check_gates, check_unavailable, failure_line, parse_gates, write_markdown_summary
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_GATE = 3  # the search worked but its best candidate missed a --fail-under gate (CI)
 
 app = typer.Typer(
     help="Neural architecture search as a pipeline: Prefect flow, MLflow tracking, DVC data, ONNX out.",
@@ -86,6 +89,13 @@ def _load_search_config(config_file: Path | None, overrides: dict[str, Any]):
             raise UsageProblem(f"cannot read genome file {config.init_genome}: {exc.strerror}") from None
         except GenomeError as exc:
             raise UsageProblem(f"invalid genome in {config.init_genome}: {exc}") from None
+    from nas_core.data import DatasetError
+    from nas_core.search import fit_space_to_data
+
+    try:  # the source is there and the space fits its inputs (no --space: image or sequence, by the data)
+        config = fit_space_to_data(config)
+    except DatasetError as exc:
+        raise UsageProblem(str(exc)) from None
     return config
 
 
@@ -153,13 +163,65 @@ def _print_summary(summary: dict[str, Any]) -> None:
     print(f"summary: {Path(summary['output']) / 'summary.json'}")
     if not best or best["onnx_path"]:
         print(f"ONNX model: {best['onnx_path'] if best else '(none: every candidate failed)'}")
+    if best and best.get("handoff_path"):
+        print(f"handoff bundle: {best['handoff_path']} (model.onnx, model_card.md, predict.py)")
+    if best and best.get("registry"):
+        reg = best["registry"]
+        print(f"model registry: {reg['model_uri']}, {'champion' if reg['promoted'] else 'not promoted'} ({reg['reason']})")
     print(f"MLflow runs: {summary['mlflow_ui']}")
+
+
+def _parse_gates(texts: list[str] | None, summary_md: Path | None) -> list[Gate]:
+    """The ``--fail-under`` gates; a malformed gate or an unusable ``--summary-md`` path is bad input."""
+    try:
+        gates = parse_gates(texts)
+    except GateError as exc:
+        raise UsageProblem(str(exc)) from None
+    if summary_md is not None:
+        if summary_md.is_dir():
+            raise UsageProblem(f"--summary-md '{summary_md}' is a folder; pass a file name such as summary.md")
+        folder = next(p for p in (summary_md.absolute().parent, *summary_md.absolute().parents) if p.exists())
+        if not folder.is_dir() or not os.access(folder, os.W_OK):
+            raise UsageProblem(f"--summary-md '{summary_md}' cannot be written ('{folder}' is not a writable folder)")
+    return gates
+
+
+def _check_gate_metrics(gates: list[Gate], table_evaluator: bool) -> None:
+    try:
+        check_unavailable(gates, table_evaluator)
+    except GateError as exc:
+        raise UsageProblem(str(exc)) from None
+
+
+def _gate_and_markdown(summary: dict[str, Any], gates: list[Gate], summary_md: Path | None) -> int:
+    """Write the Markdown summary, then the exit code: 1 when nothing trained, 3 when a gate missed, else 0."""
+    checks = check_gates(gates, summary) if gates else None
+    if summary_md is not None:
+        print(f"Markdown summary: {write_markdown_summary(summary_md.absolute(), summary, checks, base=Path.cwd())}")
+    if summary["best"] is None:
+        console.print("error: every candidate failed; see the failure_reason tags of the runs in MLflow")
+        return EXIT_FAILED
+    if checks and not all(c.passed for c in checks):
+        console.print(failure_line(checks))
+        return EXIT_GATE
+    if checks:
+        print("gate passed: " + ", ".join(c.describe() for c in checks))
+    return EXIT_OK
 
 
 @app.command()
 def search(
     config_file: Annotated[Path | None, typer.Option("--config", help="YAML file of settings (flags override it).")] = None,
-    dataset: Annotated[str | None, typer.Option(help="Dataset to search on (default: digits).")] = None,
+    dataset: Annotated[
+        str | None,
+        typer.Option(help="Dataset: digits (default), mnist, fashion-mnist, cifar10, imagefolder:PATH or npz:PATH."),
+    ] = None,
+    data_root: Annotated[
+        Path | None, typer.Option(help="Folder with torchvision's files (MNIST/raw/..., cifar-10-batches-py/...).")
+    ] = None,
+    download: Annotated[
+        bool, typer.Option("--download", help="Download mnist, fashion-mnist or cifar10 into --data-root.")
+    ] = False,
     strategy: Annotated[
         str | None, typer.Option(help="Search strategy: random, evolution, genetic, local, bo or nsga2 (default: evolution).")
     ] = None,
@@ -175,7 +237,9 @@ def search(
     experiment: Annotated[str | None, typer.Option(help="MLflow experiment (default: nas-<dataset>).")] = None,
     init_genome: Annotated[Path | None, typer.Option(help="Genome JSON to evaluate first.")] = None,
     candidate_timeout: Annotated[float | None, typer.Option(help="Seconds before a candidate is stopped.")] = None,
-    space: Annotated[str | None, typer.Option(help="Search space: image or nb201 (default: image).")] = None,
+    space: Annotated[
+        str | None, typer.Option(help="Search space: image, sequence or nb201 (default: image, or sequence for N x C x L data).")
+    ] = None,
     evaluator: Annotated[
         str | None, typer.Option(help="'train' (default) or 'table:PATH' to look candidates up in a benchmark table.")
     ] = None,
@@ -196,8 +260,24 @@ def search(
         typer.Option(help="Continue an interrupted search: its --output folder or its search id. Only execution flags apply."),
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No per-candidate progress lines.")] = False,
+    fail_under: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--fail-under",
+            metavar="METRIC=VALUE",
+            help="CI gate: exit 3 when the best candidate's METRIC (val_accuracy, val_f1, test_accuracy or test_f1) "
+            "is under VALUE, e.g. val_accuracy=0.97. Repeat it for several gates; all must pass.",
+        ),
+    ] = None,
+    summary_md: Annotated[
+        Path | None, typer.Option("--summary-md", help="Also write a short Markdown table of the search (for a PR comment).")
+    ] = None,
 ) -> int:
-    """Run an architecture search; writes OUTPUT/model.onnx and OUTPUT/summary.json."""
+    """Run an architecture search; writes OUTPUT/model.onnx and OUTPUT/summary.json.
+
+    Exit codes: 0 success; 1 the search failed; 2 bad input (nothing written); 3 the best missed a --fail-under gate.
+    """
+    gates = _parse_gates(fail_under, summary_md)  # before anything is written or searched
     execution = {
         "workers": workers, "runner": runner, "dask_address": dask_address, "device": device,
         "candidates_per_gpu": candidates_per_gpu, "candidate_timeout": candidate_timeout,
@@ -206,14 +286,16 @@ def search(
         "dataset": dataset, "strategy": strategy, "budget": budget, "epochs": epochs, "population": population,
         "seed": seed, "output": output, "project_dir": project_dir, "experiment": experiment, "init_genome": init_genome,
         "space": space, "evaluator": evaluator, "select_metric": select_metric, "report_metric": report_metric,
-        "max_params": max_params, "max_flops": max_flops,
+        "max_params": max_params, "max_flops": max_flops, "data_root": data_root, "download": download or None,
     }  # fmt: skip
     if resume is not None:
         config, search_id = _resumed_config(resume, config_file, overrides, execution)
         config = _with_default_workers(config)
+        _check_gate_metrics(gates, config.table_path is not None)
         out = Path(config.output)
     else:
         config = _with_default_workers(_load_search_config(config_file, {**overrides, **execution}))
+        _check_gate_metrics(gates, config.table_path is not None)
         from nas_core.search import new_search_id
 
         search_id = new_search_id()
@@ -232,26 +314,31 @@ def search(
         config.model_dump(mode="json"), search_id=search_id, show_progress=not quiet, resume=resume is not None
     )
     _print_summary(summary)
-    if summary["best"] is None:
-        console.print("error: every candidate failed; see the failure_reason tags of the runs in MLflow")
-        return EXIT_FAILED
-    return EXIT_OK
+    return _gate_and_markdown(summary, gates, summary_md)
 
 
 @app.command()
 def prepare(
-    dataset: Annotated[str, typer.Option(help="Dataset to prepare.")] = "digits",
+    dataset: Annotated[
+        str, typer.Option(help="Dataset: digits, mnist, fashion-mnist, cifar10, imagefolder:PATH or npz:PATH.")
+    ] = "digits",
     project_dir: Annotated[Path, typer.Option(help="Project folder (data/ and data.dvc go here).")] = Path("."),
+    data_root: Annotated[
+        Path | None, typer.Option(help="Folder with torchvision's files (MNIST/raw/..., cifar-10-batches-py/...).")
+    ] = None,
+    download: Annotated[
+        bool, typer.Option("--download", help="Download mnist, fashion-mnist or cifar10 into --data-root.")
+    ] = False,
 ) -> int:
     """Prepare a dataset under data/, track it with DVC (data.dvc) and push it to the DVC remote."""
-    from nas_core.data import DatasetError, check_dataset_name
+    from nas_core.data import DatasetError, inspect_source
     from nas_core.search import prepare_and_version
 
     try:
-        check_dataset_name(dataset)
+        inspect_source(dataset, data_root, download)
+        ref = prepare_and_version(dataset, project_dir, data_root, download)
     except DatasetError as exc:
         raise UsageProblem(str(exc)) from None
-    ref = prepare_and_version(dataset, project_dir)
     print(f"prepared {ref.name} in {ref.path}; dataset version {ref.version} (data.dvc)")
     return EXIT_OK
 
@@ -268,6 +355,75 @@ def validate(genome_file: Annotated[Path, typer.Argument(help="Genome JSON file.
     except GenomeError as exc:
         raise UsageProblem(f"invalid genome in {genome_file}: {exc}") from None
     print(f"valid genome: {len(genome.nodes) - 2} ops, {len(genome.edges)} edges, hash {genome.canonical_hash()}")
+    return EXIT_OK
+
+
+@app.command()
+def deploy(
+    config_file: Annotated[Path | None, typer.Option("--config", help="YAML file of settings, as for `nas search`.")] = None,
+    cron: Annotated[str | None, typer.Option(help="When to search, a cron string (default: '0 2 * * *', 02:00 daily).")] = None,
+    timezone: Annotated[str | None, typer.Option(help="IANA timezone of the cron schedule (default: UTC).")] = None,
+    name: Annotated[str | None, typer.Option(help="Deployment name (default: nightly).")] = None,
+    pool: Annotated[str | None, typer.Option(help="Process work pool; created when missing (default: nas-pool).")] = None,
+    project_dir: Annotated[Path | None, typer.Option(help="Folder with data.dvc, data/, mlflow.db (default: .).")] = None,
+    serve: Annotated[bool, typer.Option("--serve", help="Run the scheduled searches from this process (no worker).")] = False,
+) -> int:
+    """Schedule searches: a deployment with a cron schedule on the Prefect server at PREFECT_API_URL."""
+    config = _load_search_config(config_file, {"project_dir": project_dir})
+    if serve:  # the searches run here: their progress goes to this terminal and the Prefect UI
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+    _prefect_environment(config.project_dir)  # before anything imports prefect
+    from flows import deployments as dep
+    from nas_core.tracking import resolve_tracking_uri, ui_command
+
+    name, pool = name or dep.DEFAULT_NAME, pool or dep.DEFAULT_POOL
+    try:
+        schedule = dep.cron_schedule(cron or dep.DEFAULT_CRON, timezone or dep.DEFAULT_TIMEZONE)
+        parameters = dep.search_parameters(config)
+        dep.api_url()
+        created = False if serve else dep.ensure_process_pool(pool)
+    except dep.ServerError as exc:  # configured but not answering: not the user's input
+        console.print(f"error: {escape(str(exc))}")
+        return EXIT_FAILED
+    except dep.DeployError as exc:
+        raise UsageProblem(str(exc)) from None
+    when = f"cron '{schedule.cron}' ({schedule.timezone})"
+    mlflow_runs = f"MLflow runs: {ui_command(resolve_tracking_uri(config.project_dir))}"
+    full_name = f"{dep.FLOW_NAME}/{name}"
+    if serve:
+        console.print(f"serving '{full_name}': {when}; Ctrl-C stops it (and pauses its schedule)")
+        console.print(f"runs: {dep.ui_url()}\n{mlflow_runs}")
+        dep.serve(parameters, schedule, name)
+        return EXIT_OK
+    deployment_id = dep.register(parameters, schedule, name, pool)
+    print(f"deployment '{full_name}' registered: {when}, work pool '{pool}'{' (created)' if created else ''}")
+    print(f"start a worker: prefect worker start --pool '{pool}'")
+    print(f"run it now: prefect deployment run '{full_name}'")
+    print(f"runs: {dep.ui_url(deployment_id)}")
+    print(mlflow_runs)
+    return EXIT_OK
+
+
+@app.command()
+def export(
+    search: Annotated[str, typer.Argument(help="A finished search: its output folder or its search id.")],
+    output: Annotated[Path, typer.Option("--output", help="Folder for the bundle; must be new or empty.")],
+    project_dir: Annotated[Path, typer.Option(help="Project whose MLflow store knows the search id (default: .).")] = Path("."),
+) -> int:
+    """Write a finished search's handoff bundle (model.onnx, model card, predict.py); the search is only read."""
+    from nas_core.handoff import HandoffError, export_search
+    from nas_core.search import ResumeError, find_search_output
+
+    if Path(search).is_dir() and not (Path(search) / "search.json").is_file():
+        raise UsageProblem(f"'{search}' holds no search (no search.json); pass a finished search's output folder or its id")
+    try:
+        folder = find_search_output(search, project_dir)
+        bundle = export_search(folder, output)
+    except (ResumeError, HandoffError) as exc:
+        raise UsageProblem(str(exc)) from None
+    print(f"handoff bundle of {folder}: {bundle}")
+    if (bundle / "example_input.npy").is_file():
+        print(f"try it: cd {bundle} && python predict.py example_input.npy")
     return EXIT_OK
 
 
@@ -294,9 +450,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         if os.environ.get("NAS_DEBUG"):
             raise
+        from nas_core.data import DatasetError
         from nas_core.versioning import VersioningError
 
-        if isinstance(exc, VersioningError):  # its message already says what to do
+        if isinstance(exc, (VersioningError, DatasetError)):  # its message already says what to do
             console.print(f"error: {escape(str(exc))}")
             return EXIT_FAILED
         console.print(

@@ -1,4 +1,8 @@
-"""Turn a genome into a ``torch.nn.Module`` for a given input shape and class count."""
+"""Turn a genome into a ``torch.nn.Module`` for a given input shape and class count.
+
+Inputs are images (C, H, W) or sequences (C, L): the number of spatial dimensions comes from the input
+shape, and every module (stem, ops, aligners, normalisation, pooling) is built for it.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +13,17 @@ import torch
 from torch import nn
 
 from nas_core.genome import Genome
-from nas_core.ops import INPUT_OP, OPS, OUTPUT_OP
+from nas_core.ops import AVG_POOL, BATCH_NORM, CONV, INPUT_OP, OPS, OUTPUT_OP
 
-Shape = tuple[int, int, int]  # channels, height, width
+Shape = tuple[int, ...]  # channels, then the spatial sizes: (C, H, W) for images, (C, L) for sequences
+
+
+def spatial_dims(input_shape: Sequence[int]) -> int:
+    """2 for (C, H, W) images, 1 for (C, L) sequences; anything else is an error."""
+    dims = len(input_shape) - 1
+    if dims not in CONV:
+        raise ValueError(f"input shape {tuple(input_shape)} is neither (C, H, W) nor (C, L)")
+    return dims
 
 
 def _pool_kernel(size: int, target: int) -> int:
@@ -24,12 +36,13 @@ def _pool_kernel(size: int, target: int) -> int:
 
 def _aligner(src: Shape, dst: Shape) -> nn.Module:
     """Project ``src`` to ``dst``: pool to the smaller spatial size, 1x1 conv to the channel count."""
+    dims = len(src) - 1
     layers: list[nn.Module] = []
     if src[1:] != dst[1:]:
-        kernel = (_pool_kernel(src[1], dst[1]), _pool_kernel(src[2], dst[2]))
-        layers.append(nn.AvgPool2d(kernel, stride=kernel, ceil_mode=True))
+        kernel = tuple(_pool_kernel(s, d) for s, d in zip(src[1:], dst[1:], strict=True))
+        layers.append(AVG_POOL[dims](kernel, stride=kernel, ceil_mode=True))
     if src[0] != dst[0]:
-        layers.append(nn.Conv2d(src[0], dst[0], 1, bias=False))
+        layers.append(CONV[dims](src[0], dst[0], 1, bias=False))
     return nn.Sequential(*layers) if layers else nn.Identity()
 
 
@@ -37,7 +50,7 @@ DEFAULT_STEM_CHANNELS = 16
 
 
 class GenomeCell(nn.Module):
-    """The DAG of one genome on inputs of shape (C, H, W): a node sums its aligned inputs.
+    """The DAG of one genome on inputs of shape (C, H, W) or (C, L): a node sums its aligned inputs.
 
     Returns the merged inputs of the ``output`` node; ``shapes`` maps node ids to output shapes.
     """
@@ -45,7 +58,8 @@ class GenomeCell(nn.Module):
     def __init__(self, genome: Genome, input_shape: Sequence[int]) -> None:
         super().__init__()
         genome.validate()
-        c, h, w = (int(v) for v in input_shape)
+        start: Shape = tuple(int(v) for v in input_shape)
+        dims = spatial_dims(start)
         self.order = genome.topological_order()
         nodes = genome.node_map
         self.inputs: dict[str, list[tuple[str, int]]] = {}
@@ -56,15 +70,11 @@ class GenomeCell(nn.Module):
         for position, node_id in enumerate(self.order):
             node = nodes[node_id]
             if node.op == INPUT_OP:
-                shapes[node_id] = (c, h, w)
+                shapes[node_id] = start
                 self.input_id = node_id
                 continue
             preds = genome.predecessors(node_id)
-            merged: Shape = (
-                max(shapes[p][0] for p in preds),
-                min(shapes[p][1] for p in preds),
-                min(shapes[p][2] for p in preds),
-            )
+            merged: Shape = (max(shapes[p][0] for p in preds), *(min(shapes[p][d] for p in preds) for d in range(1, dims + 1)))
             self.inputs[node_id] = []
             for p in preds:
                 self.inputs[node_id].append((p, len(self.edge_modules)))
@@ -76,13 +86,9 @@ class GenomeCell(nn.Module):
             spec = OPS[node.op]
             key = f"n{position}"
             self.op_keys[node_id] = key
-            self.ops[key] = spec.factory(merged[0], node.settings)
+            self.ops[key] = spec.build(merged[0], node.settings, dims)
             stride = spec.stride(node.settings)
-            shapes[node_id] = (
-                spec.out_channels(merged[0], node.settings),
-                math.ceil(merged[1] / stride),
-                math.ceil(merged[2] / stride),
-            )
+            shapes[node_id] = (spec.out_channels(merged[0], node.settings), *(math.ceil(size / stride) for size in merged[1:]))
         self.shapes = shapes
 
     @property
@@ -107,9 +113,9 @@ class GenomeCell(nn.Module):
 class Normalize(nn.Module):
     """Per-channel ``(x - mean) / std`` with the constants stored in the model (and its ONNX export)."""
 
-    def __init__(self, channels: int, mean: Sequence[float] | None, std: Sequence[float] | None) -> None:
+    def __init__(self, channels: int, mean: Sequence[float] | None, std: Sequence[float] | None, dims: int = 2) -> None:
         super().__init__()
-        shape = (1, channels, 1, 1)
+        shape = (1, channels) + (1,) * dims
         self.register_buffer("mean", torch.tensor(mean if mean is not None else [0.0] * channels).view(shape))
         self.register_buffer("std", torch.tensor(std if std is not None else [1.0] * channels).view(shape))
 
@@ -133,18 +139,20 @@ class GenomeNet(GenomeCell):
         std: Sequence[float] | None = None,
         stem_channels: int = DEFAULT_STEM_CHANNELS,
     ) -> None:
-        in_channels, h, w = (int(v) for v in input_shape)
-        super().__init__(genome, (stem_channels, h, w))
-        self.normalize = Normalize(in_channels, mean, std)
+        in_channels, *spatial = (int(v) for v in input_shape)
+        dims = spatial_dims(input_shape)
+        super().__init__(genome, (stem_channels, *spatial))
+        self.normalize = Normalize(in_channels, mean, std, dims)
         self.stem = nn.Sequential(
-            nn.Conv2d(in_channels, stem_channels, 3, padding=1, bias=False),
-            nn.BatchNorm2d(stem_channels),
+            CONV[dims](in_channels, stem_channels, 3, padding=1, bias=False),
+            BATCH_NORM[dims](stem_channels),
             nn.ReLU(),
         )
         self.classifier = nn.Linear(self.output_shape[0], num_classes)
+        self.pool_dims = tuple(range(2, 2 + dims))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(super().forward(self.stem(self.normalize(x))).mean(dim=(2, 3)))
+        return self.classifier(super().forward(self.stem(self.normalize(x))).mean(dim=self.pool_dims))
 
 
 def build_model(
@@ -155,5 +163,5 @@ def build_model(
     std: Sequence[float] | None = None,
     stem_channels: int = DEFAULT_STEM_CHANNELS,
 ) -> GenomeNet:
-    """Build the ``nn.Module`` of a valid genome for inputs of shape (C, H, W)."""
+    """Build the ``nn.Module`` of a valid genome for inputs of shape (C, H, W) or (C, L)."""
     return GenomeNet(genome, input_shape, num_classes, mean, std, stem_channels)

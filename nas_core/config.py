@@ -10,7 +10,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from nas_core.data import SOURCES
+from nas_core.data import check_dataset_name, dataset_folder
 from nas_core.hparams import check_choices
 from nas_core.spaces import SPACES
 from nas_core.strategies import STRATEGIES
@@ -30,7 +30,9 @@ class SearchConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    dataset: str = Field("digits", description="dataset to prepare and search on")
+    dataset: str = Field("digits", description="dataset: digits, mnist, fashion-mnist, cifar10, imagefolder:PATH or npz:PATH")
+    data_root: Path | None = Field(None, description="folder with torchvision's files for mnist, fashion-mnist, cifar10")
+    download: bool = Field(False, description="download mnist, fashion-mnist or cifar10 into data_root when missing")
     strategy: str = Field("evolution", description="search strategy")
     space: str = Field("image", description="search space")
     budget: int = Field(20, ge=1, description="number of candidates to train")
@@ -86,7 +88,8 @@ class SearchConfig(BaseModel):
     @field_validator("dataset")
     @classmethod
     def _known_dataset(cls, value: str) -> str:
-        return _known("dataset", value, SOURCES)
+        check_dataset_name(value)
+        return value
 
     @field_validator("strategy")
     @classmethod
@@ -100,7 +103,7 @@ class SearchConfig(BaseModel):
 
     @property
     def experiment_name(self) -> str:
-        default = f"nas-{self.table_path.stem}" if self.table_path else f"nas-{self.dataset}"
+        default = f"nas-{self.table_path.stem}" if self.table_path else f"nas-{dataset_folder(self.dataset)}"
         return self.experiment or default
 
 

@@ -1,18 +1,33 @@
-"""Dataset sources -> deterministic prepared splits on disk (``data/<name>/``) and back into memory."""
+"""Dataset sources -> deterministic prepared splits on disk (``data/<folder>/``) and back into memory.
+
+A dataset is named ``digits``, ``mnist``, ``fashion-mnist``, ``cifar10`` (torchvision's files under a
+``data_root``), ``imagefolder:PATH`` (a folder per class) or ``npz:PATH`` (arrays ``x`` and ``y``); the
+loaders of all but ``digits`` live in :mod:`nas_core.sources`. Every source is prepared into the same
+layout: ``{train,val,test}_{x,y}.npy`` (x float32, N x C x H x W images or N x C x L sequences) and
+``meta.json``, split 60/20/20, stratified by a hash of (seed, index).
+"""
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
+import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 SPLITS = ("train", "val", "test")
 SPLIT_FRACTIONS = (0.6, 0.2, 0.2)
+_CHUNK = 4096  # rows converted or summed at a time: bounded memory for large sources
+# data.dvc pins the prepared bytes of these datasets: their meta.json keeps its original keys (no ndim,
+# resize, scale); load_prepared fills in the defaults.
+_PINNED_META = {"digits"}
 
 
 class DatasetError(ValueError):
@@ -21,42 +36,76 @@ class DatasetError(ValueError):
 
 @dataclass(frozen=True)
 class RawDataset:
-    """Images as integers (N, C, H, W) with the value that maps to 1.0, and integer labels."""
+    """Inputs (N, C, H, W) or (N, C, L) with the value that maps to 1.0, and integer labels.
+
+    Integer inputs are divided by ``scale``; float inputs come with ``scale`` 1.0 and are kept as they are.
+    ``resize`` says how images were resized (None when nothing was), for the model card.
+    """
 
     images: np.ndarray
     labels: np.ndarray
     scale: float
     classes: list[str]
     source: str
+    resize: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
 class PreparedData:
-    """Prepared splits in memory; inputs are float32 in [0, 1], normalised inside the model."""
+    """Prepared splits in memory; inputs are float32 (``input_range``), normalised inside the model."""
 
     name: str
     x: dict[str, np.ndarray]
     y: dict[str, np.ndarray]
-    input_shape: tuple[int, int, int]
+    input_shape: tuple[int, ...]
     num_classes: int
     classes: list[str]
     mean: list[float]
     std: list[float]
+    source: str = ""
+    resize: dict[str, Any] | None = None
+    input_range: tuple[float, float] | None = (0.0, 1.0)  # None: float features, no fixed range
+
+    @property
+    def ndim(self) -> int:
+        """Spatial dimensions: 2 for images (C, H, W), 1 for sequences (C, L)."""
+        return len(self.input_shape) - 1
 
 
-SOURCES: dict[str, Callable[[], RawDataset]] = {}
+@dataclass(frozen=True)
+class SourceRequest:
+    """Where a source reads from: its own path (``npz:PATH``), torchvision's root, and whether to download."""
+
+    path: Path | None = None
+    data_root: Path | None = None
+    download: bool = False
 
 
-def register_source(name: str):
-    def decorate(loader: Callable[[], RawDataset]):
-        SOURCES[name] = loader
+@dataclass(frozen=True)
+class Source:
+    """A dataset source: ``load`` reads it; ``check`` (cheap, reads no data) raises DatasetError when it is
+    not there and returns its spatial dimensions (2 images, 1 sequences)."""
+
+    load: Callable[[SourceRequest], RawDataset]
+    check: Callable[[SourceRequest], int]
+    takes_path: bool = False
+
+
+SOURCES: dict[str, Source] = {}
+
+
+def register_source(name: str, check: Callable[[SourceRequest], int] | None = None, takes_path: bool = False):
+    """Register a loader ``(SourceRequest) -> RawDataset`` under ``name`` (``name:PATH`` when ``takes_path``)."""
+
+    def decorate(loader: Callable[[SourceRequest], RawDataset]):
+        SOURCES[name] = Source(loader, check or (lambda request: 2), takes_path)
         return loader
 
     return decorate
 
 
 @register_source("digits")
-def load_digits_source() -> RawDataset:
+def load_digits_source(request: SourceRequest | None = None) -> RawDataset:
     """scikit-learn's 8x8 handwritten digits (1,797 images, 10 classes), shipped with the wheel."""
     from sklearn.datasets import load_digits
 
@@ -65,9 +114,48 @@ def load_digits_source() -> RawDataset:
     return RawDataset(images, digits.target.astype(np.int64), 16.0, [str(c) for c in range(10)], "sklearn.load_digits")
 
 
+def known_datasets() -> str:
+    return ", ".join(f"{name}:PATH" if SOURCES[name].takes_path else name for name in SOURCES)
+
+
+def parse_dataset(name: str) -> tuple[str, Path | None]:
+    """``(source, path)`` of a dataset name: ``mnist`` -> ("mnist", None), ``npz:a/b.npz`` -> ("npz", Path("a/b.npz"))."""
+    kind, colon, rest = name.partition(":")
+    source = SOURCES.get(kind)
+    if source is None:
+        raise DatasetError(f"unknown dataset '{name}'; choose one of: {known_datasets()}")
+    if source.takes_path and not rest:
+        raise DatasetError(f"dataset '{kind}' needs a path: {kind}:PATH")
+    if colon and not source.takes_path:
+        raise DatasetError(f"dataset '{kind}' takes no path (got '{name}'); known: {known_datasets()}")
+    return kind, Path(rest) if source.takes_path else None
+
+
 def check_dataset_name(name: str) -> None:
-    if name not in SOURCES:
-        raise DatasetError(f"unknown dataset '{name}' (known: {', '.join(sorted(SOURCES))})")
+    """Raise DatasetError unless ``name`` is a known source (with a path where it takes one)."""
+    parse_dataset(name)
+
+
+def dataset_folder(name: str) -> str:
+    """The folder under ``data/`` a dataset is prepared into: the source name, or ``<source>-<file or folder name>``.
+
+    Only the last path component is used, so the prepared files (and their DVC hash) do not depend on
+    where the source lies on a machine; two sources with the same file name share a folder.
+    """
+    kind, path = parse_dataset(name)
+    if path is None:
+        return kind
+    stem = Path(os.path.abspath(path)).name
+    stem = stem.removesuffix(".npz") if kind == "npz" else stem
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-.")
+    return f"{kind}-{slug}" if slug else kind
+
+
+def inspect_source(name: str, data_root: Path | None = None, download: bool = False) -> int:
+    """Check that a dataset's source is there without reading it (DatasetError says what is missing);
+    return its spatial dimensions: 2 for images, 1 for sequences."""
+    kind, path = parse_dataset(name)
+    return SOURCES[kind].check(SourceRequest(path, Path(data_root) if data_root else None, download))
 
 
 def split_indices(labels: np.ndarray, seed: int) -> dict[str, np.ndarray]:
@@ -88,53 +176,120 @@ def split_indices(labels: np.ndarray, seed: int) -> dict[str, np.ndarray]:
 
 
 def _channel_stats(images: np.ndarray, scale: float) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std from integer pixels: integer sums are exact, so this is reproducible."""
-    n = images.shape[0] * images.shape[2] * images.shape[3]
+    """Per-channel mean and std of the inputs divided by ``scale``, computed reproducibly.
+
+    Integer inputs: exact integer sums. Float inputs: exactly rounded sums (``math.fsum``) of the float32
+    values the model sees, in two passes, rounded to 9 significant digits.
+    """
+    count = images.shape[0] * math.prod(images.shape[2:])
     means, stds = [], []
     for c in range(images.shape[1]):
-        channel = images[:, c].astype(np.int64)
-        total, squares = int(channel.sum()), int((channel * channel).sum())
-        mean = total / n
-        var = squares / n - mean * mean
-        means.append(round(mean / scale, 8))
-        stds.append(round(math.sqrt(max(var, 1e-12)) / scale, 8))
+        chunks = [images[i : i + _CHUNK, c] for i in range(0, images.shape[0], _CHUNK)]
+        if np.issubdtype(images.dtype, np.integer):
+            total = sum(int(p.astype(np.int64).sum()) for p in chunks)
+            squares = sum(int(np.square(p.astype(np.int64)).sum()) for p in chunks)
+            mean = total / count
+            var = squares / count - mean * mean
+            means.append(round(mean / scale, 8))
+            stds.append(round(math.sqrt(max(var, 1e-12)) / scale, 8))
+        else:
+            values = [p.astype(np.float32) for p in chunks]  # what the model sees; exact in float64
+            mean = math.fsum(itertools.chain.from_iterable(v.ravel().tolist() for v in values)) / count
+            squares = (np.square(v.astype(np.float64).ravel() - mean).tolist() for v in values)
+            var = math.fsum(itertools.chain.from_iterable(squares)) / count
+            means.append(float(f"{mean:.9g}"))
+            stds.append(float(f"{math.sqrt(max(var, 1e-12)):.9g}"))
     return means, stds
 
 
-def prepare_dataset(name: str, data_dir: Path, seed: int = 0) -> Path:
-    """Write ``data_dir/<name>/`` (``{split}_x.npy``, ``{split}_y.npy``, ``meta.json``); same bytes every time."""
-    check_dataset_name(name)
-    raw = SOURCES[name]()
+def _range(stored: Any) -> tuple[float, float] | None:
+    return None if stored is None or None in stored else (float(stored[0]), float(stored[1]))
+
+
+def _scaled(images: np.ndarray, idx: np.ndarray, scale: float) -> np.ndarray:
+    """``(images[idx] / scale).astype(float32)``, a chunk at a time (same values, bounded memory)."""
+    out = np.empty((len(idx), *images.shape[1:]), dtype=np.float32)
+    for start in range(0, len(idx), _CHUNK):
+        out[start : start + _CHUNK] = images[idx[start : start + _CHUNK]] / scale
+    return out
+
+
+def _check_raw(raw: RawDataset, name: str) -> None:
+    if raw.images.ndim not in (3, 4) or len(raw.images) != len(raw.labels):
+        raise DatasetError(f"dataset '{name}': inputs must be N x C x H x W or N x C x L with one label each")
+    if len(raw.classes) < 2:
+        raise DatasetError(f"dataset '{name}' has {len(raw.classes)} class; a classifier needs at least 2")
+    if len(raw.labels) and (raw.labels.min() < 0 or raw.labels.max() >= len(raw.classes)):
+        raise DatasetError(f"dataset '{name}': labels must be in [0, {len(raw.classes)})")
+
+
+def _save(path: Path, array: np.ndarray) -> None:
+    """``np.save`` through a temporary file, so a crash never leaves half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as handle:
+        np.save(handle, array)
+    os.replace(tmp, path)
+
+
+def prepare_dataset(name: str, data_dir: Path, seed: int = 0, data_root: Path | None = None, download: bool = False) -> Path:
+    """Write ``data_dir/<folder>/`` (``{split}_x.npy``, ``{split}_y.npy``, ``meta.json``); same bytes every time.
+
+    ``data_root`` is where torchvision's datasets are (``download`` fetches them there when missing).
+    The source is read and checked before anything is written.
+    """
+    kind, path = parse_dataset(name)
+    raw = SOURCES[kind].load(SourceRequest(path, Path(data_root) if data_root else None, download))
+    _check_raw(raw, name)
     splits = split_indices(raw.labels, seed)
-    out = Path(data_dir) / name
+    empty = [s for s, idx in splits.items() if len(idx) == 0]
+    if empty:
+        raise DatasetError(f"dataset '{name}' has too few samples ({len(raw.labels)}): its {', '.join(empty)} split is empty")
+    folder = dataset_folder(name)
+    out = Path(data_dir) / folder
     out.mkdir(parents=True, exist_ok=True)
+    low, high = math.inf, -math.inf
     for split, idx in splits.items():
-        np.save(out / f"{split}_x.npy", (raw.images[idx] / raw.scale).astype(np.float32))
-        np.save(out / f"{split}_y.npy", raw.labels[idx])
+        x = _scaled(raw.images, idx, raw.scale)
+        if not np.isfinite(x).all():
+            raise DatasetError(f"dataset '{name}' has inputs that are not finite (NaN or infinity)")
+        low, high = min(low, float(x.min())), max(high, float(x.max()))
+        _save(out / f"{split}_x.npy", x)
+        _save(out / f"{split}_y.npy", raw.labels[idx])
+    if np.issubdtype(raw.images.dtype, np.integer):  # scaled integers: the nominal [0, 1] ([-1, 1] when signed), or wider
+        low, high = (0.0 if low >= 0 else min(low, -1.0)), max(1.0, high)
+    else:  # float features have no nominal range; new data may lie outside what training saw
+        low, high = None, None
     mean, std = _channel_stats(raw.images[splits["train"]], raw.scale)
-    meta = {
-        "name": name,
+    meta: dict[str, Any] = {
+        "name": folder,
         "source": raw.source,
         "seed": seed,
         "input_shape": list(raw.images.shape[1:]),
         "num_classes": len(raw.classes),
         "classes": raw.classes,
         "sizes": {s: int(len(i)) for s, i in splits.items()},
-        "normalization": {"mean": mean, "std": std, "input_range": [0.0, 1.0]},
+        "normalization": {"mean": mean, "std": std, "input_range": [low, high]},
     }
-    (out / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    if kind not in _PINNED_META:
+        meta.update(ndim=raw.images.ndim - 2, resize=raw.resize, scale=float(raw.scale))
+    tmp = out / ".meta.json.tmp"
+    tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, out / "meta.json")
     return out
 
 
 def load_prepared(data_dir: Path, name: str) -> PreparedData:
-    """Load the splits written by :func:`prepare_dataset`."""
-    folder = Path(data_dir) / name
+    """Load the splits written by :func:`prepare_dataset` for the dataset ``name``."""
+    folder = Path(data_dir) / dataset_folder(name)
     try:
         meta = json.loads((folder / "meta.json").read_text())
-        x = {s: np.load(folder / f"{s}_x.npy") for s in SPLITS}
-        y = {s: np.load(folder / f"{s}_y.npy") for s in SPLITS}
+        x = {s: np.load(folder / f"{s}_x.npy", allow_pickle=False) for s in SPLITS}
+        y = {s: np.load(folder / f"{s}_y.npy", allow_pickle=False) for s in SPLITS}
     except (OSError, ValueError) as exc:
-        raise DatasetError(f"prepared data in {folder} is missing or unreadable ({exc}); run `nas prepare {name}`") from None
+        raise DatasetError(
+            f"prepared data in {folder} is missing or unreadable ({exc}); run `nas prepare --dataset {name}`"
+        ) from None
+    normalization = meta["normalization"]
     return PreparedData(
         name=name,
         x=x,
@@ -142,6 +297,12 @@ def load_prepared(data_dir: Path, name: str) -> PreparedData:
         input_shape=tuple(meta["input_shape"]),
         num_classes=int(meta["num_classes"]),
         classes=list(meta["classes"]),
-        mean=list(meta["normalization"]["mean"]),
-        std=list(meta["normalization"]["std"]),
+        mean=list(normalization["mean"]),
+        std=list(normalization["std"]),
+        source=str(meta.get("source", "")),
+        resize=meta.get("resize"),
+        input_range=_range(normalization.get("input_range", (0.0, 1.0))),
     )
+
+
+from nas_core import sources  # noqa: E402,F401  (registers the other sources)

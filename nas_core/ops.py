@@ -1,7 +1,14 @@
-"""The op registry: each op name maps to its allowed settings and a module factory."""
+"""The op registry: each op name maps to its allowed settings and a module factory.
+
+Ops build 2D modules for image feature maps (N, C, H, W); ops that also have a 1D version (``conv``,
+``sepconv``, ``maxpool``, ``avgpool``, ``identity``) build Conv1d/MaxPool1d/AvgPool1d/BatchNorm1d modules
+for sequences (N, C, L) under the same name and settings, so one genome format serves both.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -19,11 +26,23 @@ class OpSettingsError(ValueError):
 
 @dataclass(frozen=True)
 class OpSpec:
-    """An op: its settings (name -> allowed values, or None for a channel count) and how to build it."""
+    """An op: its settings (name -> allowed values, or None for a channel count) and how to build it.
+
+    ``factory`` builds the 2D module; ``factory_1d``, when the op has one, the module for sequences.
+    """
 
     name: str
     settings: dict[str, tuple[Any, ...] | None]
     factory: Callable[[int, dict[str, Any]], nn.Module] | None
+    factory_1d: Callable[[int, dict[str, Any]], nn.Module] | None = None
+
+    def build(self, in_channels: int, settings: dict[str, Any], dims: int = 2) -> nn.Module:
+        """The module for inputs with ``dims`` spatial dimensions (2: images, 1: sequences)."""
+        factory = {2: self.factory, 1: self.factory_1d}.get(dims)
+        if factory is None:
+            kind = {2: "2D (image)", 1: "1D (sequence)"}.get(dims, f"{dims}D")
+            raise OpSettingsError(f"op '{self.name}' has no {kind} version")
+        return factory(in_channels, settings)
 
     def out_channels(self, in_channels: int, settings: dict[str, Any]) -> int:
         return int(settings.get("channels", in_channels))
@@ -70,44 +89,61 @@ def check_op(name: str, settings: dict[str, Any]) -> None:
             raise OpSettingsError(f"op '{name}': {key}={value!r} must be one of {list(allowed)}")
 
 
-def _conv_bn_relu(in_ch: int, out_ch: int, kernel: int, stride: int, groups: int = 1) -> list[nn.Module]:
+def register_1d(name: str, factory: Callable[[int, dict[str, Any]], nn.Module]) -> None:
+    """Give the registered op ``name`` a 1D (sequence) version built by ``factory``."""
+    OPS[name] = dataclasses.replace(OPS[name], factory_1d=factory)
+
+
+# modules by number of spatial dimensions
+CONV: dict[int, type[nn.Module]] = {1: nn.Conv1d, 2: nn.Conv2d}
+BATCH_NORM: dict[int, type[nn.Module]] = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d}
+MAX_POOL: dict[int, type[nn.Module]] = {1: nn.MaxPool1d, 2: nn.MaxPool2d}
+AVG_POOL: dict[int, type[nn.Module]] = {1: nn.AvgPool1d, 2: nn.AvgPool2d}
+
+
+def _conv_bn_relu(in_ch: int, out_ch: int, kernel: int, stride: int, groups: int = 1, dims: int = 2) -> list[nn.Module]:
     return [
-        nn.Conv2d(in_ch, out_ch, kernel, stride=stride, padding=kernel // 2, groups=groups, bias=False),
-        nn.BatchNorm2d(out_ch),
+        CONV[dims](in_ch, out_ch, kernel, stride=stride, padding=kernel // 2, groups=groups, bias=False),
+        BATCH_NORM[dims](out_ch),
         nn.ReLU(inplace=False),
     ]
 
 
 @register_op("conv", kernel=(1, 3, 5, 7), channels=None, stride=(1, 2))
-def conv(in_ch: int, s: dict[str, Any]) -> nn.Module:
+def conv(in_ch: int, s: dict[str, Any], dims: int = 2) -> nn.Module:
     """Convolution, batch norm, ReLU."""
-    return nn.Sequential(*_conv_bn_relu(in_ch, s["channels"], s["kernel"], s["stride"]))
+    return nn.Sequential(*_conv_bn_relu(in_ch, s["channels"], s["kernel"], s["stride"], dims=dims))
 
 
 @register_op("sepconv", kernel=(3, 5, 7), channels=None, stride=(1, 2))
-def sepconv(in_ch: int, s: dict[str, Any]) -> nn.Module:
-    """Depthwise-separable convolution: depthwise k x k, then pointwise 1 x 1."""
+def sepconv(in_ch: int, s: dict[str, Any], dims: int = 2) -> nn.Module:
+    """Depthwise-separable convolution: depthwise k x k (or k), then pointwise 1 x 1 (or 1)."""
     k = s["kernel"]
-    depthwise = nn.Conv2d(in_ch, in_ch, k, stride=s["stride"], padding=k // 2, groups=in_ch, bias=False)
-    return nn.Sequential(depthwise, *_conv_bn_relu(in_ch, s["channels"], 1, 1))
+    depthwise = CONV[dims](in_ch, in_ch, k, stride=s["stride"], padding=k // 2, groups=in_ch, bias=False)
+    return nn.Sequential(depthwise, *_conv_bn_relu(in_ch, s["channels"], 1, 1, dims=dims))
 
 
 @register_op("maxpool", kernel=(3,), stride=(1, 2))
-def maxpool(in_ch: int, s: dict[str, Any]) -> nn.Module:
+def maxpool(in_ch: int, s: dict[str, Any], dims: int = 2) -> nn.Module:
     """Max pooling; keeps the channel count."""
-    return nn.MaxPool2d(s["kernel"], stride=s["stride"], padding=s["kernel"] // 2)
+    return MAX_POOL[dims](s["kernel"], stride=s["stride"], padding=s["kernel"] // 2)
 
 
 @register_op("avgpool", kernel=(3,), stride=(1, 2))
-def avgpool(in_ch: int, s: dict[str, Any]) -> nn.Module:
+def avgpool(in_ch: int, s: dict[str, Any], dims: int = 2) -> nn.Module:
     """Average pooling (padding excluded from the mean); keeps the channel count."""
-    return nn.AvgPool2d(s["kernel"], stride=s["stride"], padding=s["kernel"] // 2, count_include_pad=False)
+    return AVG_POOL[dims](s["kernel"], stride=s["stride"], padding=s["kernel"] // 2, count_include_pad=False)
 
 
 @register_op("identity")
 def identity(in_ch: int, s: dict[str, Any]) -> nn.Module:
     """Skip connection: passes its (merged) input through."""
     return nn.Identity()
+
+
+for _factory in (conv, sepconv, maxpool, avgpool):
+    register_1d(_factory.__name__, functools.partial(_factory, dims=1))
+register_1d("identity", identity)
 
 
 # NAS-Bench-201 edge ops (Dong & Yang, 2020): channel-preserving, stride 1, ReLU-Conv-BN order.

@@ -25,18 +25,23 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from mlflow.entities import Run
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
 from torch import nn
 
 from nas_core import versioning
 from nas_core.candidate import EPOCH_METRICS, CandidateJob, CandidateOutcome, remember_data
 from nas_core.config import SearchConfig
-from nas_core.data import PreparedData, load_prepared, prepare_dataset
+from nas_core.data import DatasetError, PreparedData, inspect_source, load_prepared, parse_dataset, prepare_dataset
 from nas_core.evaluators import TableEvaluator
 from nas_core.export import ExportReport, export_onnx
 from nas_core.genome import Genome
+from nas_core.handoff import PREPROCESSING_KEY, preprocessing_metadata, write_search_bundle
+from nas_core.registry import Registration, register_search_best
 from nas_core.spaces import SPACES, create_space
 from nas_core.strategies import CandidateResult, Proposal, Strategy, create_strategy
-from nas_core.tracking import ARTIFACTS_DIR_NAME, SearchTracker, resolve_tracking_uri, ui_command
+from nas_core.tracking import ARTIFACTS_DIR_NAME, SearchTracker, _params, _retry, resolve_tracking_uri, ui_command
 from nas_core.training import TrainConfig
 
 DATA_SEED = 0  # the split never depends on the search seed: one dataset version per source
@@ -123,19 +128,49 @@ def new_search_id() -> str:
     return f"{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
 
 
-def prepare_and_version(name: str, project_dir: Path) -> DatasetRef:
+def prepare_and_version(name: str, project_dir: Path, data_root: Path | None = None, download: bool = False) -> DatasetRef:
     """Check ``data/`` against ``data.dvc``, write the prepared splits, ``dvc add`` and push them; return the version.
 
     A workspace that no longer matches ``data.dvc`` (a corrupted or hand-edited file) stops here with
-    :class:`~nas_core.versioning.DataIntegrityError`, before anything is rewritten or trained.
+    :class:`~nas_core.versioning.DataIntegrityError`, before anything is rewritten or trained. ``data_root``
+    and ``download`` are for torchvision's datasets (see :mod:`nas_core.sources`).
     """
     project_dir = Path(project_dir).resolve()
     versioning.ensure_repo(project_dir)
     versioning.check_data(project_dir)
-    path = prepare_dataset(name, project_dir / versioning.DATA_DIR, seed=DATA_SEED)
+    path = prepare_dataset(name, project_dir / versioning.DATA_DIR, DATA_SEED, data_root, download)
     version = versioning.track_data(project_dir)
     versioning.push_data(project_dir)
     return DatasetRef(name, version, path)
+
+
+SPACE_FOR_DIMS = {2: "image", 1: "sequence"}  # the space a search uses when none is set: by the data's spatial dims
+_INPUTS = {2: "images (C x H x W)", 1: "sequences (C x L)"}
+
+
+def space_dims(space: str) -> int:
+    """Spatial dimensions of the inputs a registered space builds networks for (2 unless it says otherwise)."""
+    return int(getattr(SPACES[space], "input_ndim", 2))
+
+
+def fit_space_to_data(config: SearchConfig) -> SearchConfig:
+    """Check that the dataset's source is there (without reading it) and pick or check the space for it.
+
+    Without an explicit ``space`` the search follows the data: ``image`` for images, ``sequence`` for
+    N x C x L arrays. An explicit space built for the other kind of input is a DatasetError.
+    """
+    if config.table_path is not None:
+        return config
+    dims = inspect_source(config.dataset, config.data_root, config.download)
+    if dims == space_dims(config.space):
+        return config
+    if "space" not in config.model_fields_set:
+        return config.model_copy(update={"space": SPACE_FOR_DIMS[dims]})
+    fitting = " or ".join(name for name in SPACES if space_dims(name) == dims)
+    raise DatasetError(
+        f"dataset '{config.dataset}' holds {_INPUTS[dims]} but space '{config.space}' builds networks for "
+        f"{_INPUTS[space_dims(config.space)]}; use --space {fitting} (or leave --space out)"
+    )
 
 
 def space_options(config: SearchConfig) -> dict[str, Any]:
@@ -193,6 +228,18 @@ def find_search_output(target: str, project_dir: Path) -> Path:
     raise ResumeError(f"no search output folder or search id '{target}' found (looked in outputs/ and MLflow at {uri})")
 
 
+def outer_mlflow_run(tracking_uri: str) -> Run | None:
+    """The run ``mlflow run`` opened for this process (``MLFLOW_RUN_ID``), when it is RUNNING in this store."""
+    run_id = os.environ.get("MLFLOW_RUN_ID")
+    if not run_id:
+        return None
+    try:
+        run = _retry(lambda: MlflowClient(tracking_uri).get_run(run_id))
+    except MlflowException:  # another store's run, or a stale variable: the search opens its own run
+        return None
+    return run if run.info.status == "RUNNING" else None
+
+
 class SearchRun:
     """The state of one search. Steps are called in order by the flow (or directly, in tests)."""
 
@@ -204,7 +251,12 @@ class SearchRun:
         absolute = {"output": self.output, "project_dir": self.project_dir}
         if config.init_genome is not None:
             absolute["init_genome"] = Path(config.init_genome).resolve()
-        self.config = config = config.model_copy(update=absolute)  # search.json must work from any folder
+        kind, source_path = parse_dataset(config.dataset)
+        if source_path is not None:  # abspath, not resolve: the file name names the prepared folder
+            absolute["dataset"] = f"{kind}:{os.path.abspath(source_path)}"
+        if config.data_root is not None:
+            absolute["data_root"] = Path(config.data_root).resolve()
+        self.config = config = fit_space_to_data(config.model_copy(update=absolute))  # search.json must work from any folder
         self.space = create_space(config.space, hparams=config.hparams, **space_options(config))
         self.strategy: Strategy = create_strategy(
             config.strategy, self.space, seed=config.seed, population=config.population, constraint=self.within_limits
@@ -225,7 +277,11 @@ class SearchRun:
         self.data: PreparedData | None = None
         self.tracker: SearchTracker | None = None
         self.run_id = ""
+        self.owns_run = True  # False when the parent run is an outer `mlflow run`'s: that command closes it
+        self.experiment_name = config.experiment_name
         self.on_record: Callable[[CandidateRecord], None] | None = None
+        self.registration: Registration | None = None  # the best model's version in the MLflow model registry
+        self.handoff: Path | None = None  # the handoff bundle written by export()
 
     # ---- stages ---------------------------------------------------------------------------
     def prepare(self) -> DatasetRef:
@@ -237,30 +293,49 @@ class SearchRun:
         if self.table is not None:
             self.dataset = DatasetRef(f"table:{self.table.path.name}", self.table.version, self.table.path.resolve())
         else:
-            self.dataset = prepare_and_version(self.config.dataset, self.project_dir)
+            self.dataset = prepare_and_version(self.config.dataset, self.project_dir, self.config.data_root, self.config.download)
             self.data = load_prepared(self.project_dir / versioning.DATA_DIR, self.config.dataset)
             remember_data(self.project_dir, self.config.dataset, self.dataset.version, self.data)
         tracking_uri = resolve_tracking_uri(self.project_dir)
-        self.tracker = SearchTracker(tracking_uri, self.config.experiment_name, self.project_dir / ARTIFACTS_DIR_NAME)
+        outer = None if self.run_id else outer_mlflow_run(tracking_uri)
+        if outer is not None:  # candidates go to the outer run's experiment, so that they nest under it
+            self.tracker = SearchTracker.attach(tracking_uri, outer.info.experiment_id)
+            self.experiment_name = _retry(lambda: self.tracker.client.get_experiment(outer.info.experiment_id)).name
+        else:
+            self.tracker = SearchTracker(tracking_uri, self.config.experiment_name, self.project_dir / ARTIFACTS_DIR_NAME)
         if self.run_id:
             self.tracker.reopen_run(self.run_id)
             self._restore()
         else:
             params = {k: v for k, v in self.config.model_dump(mode="json").items() if v is not None}
-            self.run_id = self.tracker.start_run(
-                f"search-{self.search_id}",
-                params,
-                {
-                    "search_id": self.search_id,
-                    "role": "search",
-                    "strategy": self.config.strategy,
-                    "dataset": self.dataset.name,
-                    "dataset_version": self.dataset.version,
-                    "output": str(self.output),
-                },
-            )
+            tags = {
+                "search_id": self.search_id,
+                "role": "search",
+                "strategy": self.config.strategy,
+                "dataset": self.dataset.name,
+                "dataset_version": self.dataset.version,
+                "output": str(self.output),
+            }
+            if outer is not None:
+                self._adopt_run(outer, f"search-{self.search_id}", params, tags)
+            else:
+                self.run_id = self.tracker.start_run(f"search-{self.search_id}", params, tags)
             self._write_search_file()
         return self.dataset
+
+    def _adopt_run(self, run: Run, name: str, params: dict[str, Any], tags: dict[str, Any]) -> None:
+        """Make an outer ``mlflow run``'s run the search's parent; that command ends it with its exit status.
+
+        ``mlflow run`` has already logged the entry point's parameters as typed (``budget`` "2.0", say) and MLflow
+        refuses to change a logged value, so those keep their values and only the other settings are added.
+        """
+        assert self.tracker is not None
+        self.run_id, self.owns_run = run.info.run_id, False
+        client, new = self.tracker.client, _params({k: v for k, v in params.items() if k not in run.data.params})
+        for i in range(0, len(new), 100):
+            _retry(lambda chunk=new[i : i + 100]: client.log_batch(self.run_id, params=chunk))
+        _retry(lambda: client.update_run(self.run_id, name=name))
+        self.tracker.set_tags(self.run_id, tags)
 
     def _write_search_file(self) -> None:
         write_json_atomic(
@@ -511,7 +586,8 @@ class SearchRun:
         return model.eval()
 
     def export(self) -> ExportReport:
-        """Export the best candidate to ``<output>/model.onnx`` (verified) and log it on the parent run."""
+        """Export the best candidate to ``<output>/model.onnx`` (verified), log it on the parent run, register it in
+        the MLflow model registry and write the handoff bundle (``<output>/handoff/``)."""
         best = self.best()
         assert best is not None and self.data is not None and self.dataset is not None
         metadata = {
@@ -523,21 +599,28 @@ class SearchRun:
             "nas.mlflow_run_id": best.mlflow_run_id,
             "nas.search_mlflow_run_id": self.run_id,
             "nas.search_id": self.search_id,
-            "nas.input_range": "float32 in [0, 1]; normalisation is inside the model",
+            "nas.input_range": (
+                "float32 in [{:g}, {:g}]".format(*self.data.input_range) if self.data.input_range else "float32 features"
+            )
+            + "; normalisation is inside the model",
             "nas.classes": json.dumps(self.data.classes),
+            PREPROCESSING_KEY: preprocessing_metadata(self.data),
         }
         report = export_onnx(self.best_model(), self.output / "model.onnx", self.data.x["test"], metadata)
         assert self.tracker is not None
         self.tracker.log_artifact(self.run_id, report.path, "model")
         self.tracker.log_metrics(self.run_id, {"onnx_max_abs_diff": report.max_abs_diff})
         self.tracker.set_tags(self.run_id, {"best_run_id": best.mlflow_run_id, "best_hash": best.hash})
+        self.registration = register_search_best(self, report.path)
+        self.handoff = write_search_bundle(self, report, self.registration)
         return report
 
     def abort(self, reason: str) -> None:
         """Close the parent run as FAILED (the search itself broke, not just a candidate); it can be resumed."""
         if self.tracker is not None and self.run_id:
             self.tracker.set_tags(self.run_id, {"status": "failed", "failure_reason": reason[:5000]})
-            self.tracker.end_run(self.run_id, ok=False)
+            if self.owns_run:
+                self.tracker.end_run(self.run_id, ok=False)
 
     def finish(self, report: ExportReport | None) -> dict[str, Any]:
         """Write ``summary.json``, log it, and close the parent run (FAILED when nothing trained)."""
@@ -546,7 +629,7 @@ class SearchRun:
         summary: dict[str, Any] = {
             "search_id": self.search_id,
             "mlflow_tracking_uri": self.tracker.tracking_uri,
-            "mlflow_experiment": self.config.experiment_name,
+            "mlflow_experiment": self.experiment_name,
             "mlflow_run_id": self.run_id,
             "mlflow_ui": ui_command(self.tracker.tracking_uri),
             "output": str(self.output),
@@ -571,11 +654,14 @@ class SearchRun:
                 "genome": best.genome.to_dict(),
                 "onnx_path": str(report.path) if report else None,
                 "onnx_max_abs_diff": report.max_abs_diff if report else None,
+                "handoff_path": str(self.handoff) if self.handoff else None,
+                "registry": self.registration.to_dict() if self.registration else None,
             }
         write_json_atomic(self.output / SUMMARY_FILE, summary)
         self.tracker.log_artifact(self.run_id, self.output / SUMMARY_FILE)
         self.tracker.set_tags(self.run_id, {"status": "ok" if summary["best"] else "failed"})
-        self.tracker.end_run(self.run_id, summary["best"] is not None)
+        if self.owns_run:
+            self.tracker.end_run(self.run_id, summary["best"] is not None)
         return summary
 
 

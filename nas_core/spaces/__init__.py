@@ -84,4 +84,4 @@ def create_space(name: str, hparams: dict[str, list[Any]] | None = None, **optio
     return space
 
 
-from nas_core.spaces import image, nb201  # noqa: E402,F401  (registers the built-in spaces)
+from nas_core.spaces import image, nb201, sequence  # noqa: E402,F401  (registers the built-in spaces)

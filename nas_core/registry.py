@@ -120,6 +120,35 @@ def current_champion(client: MlflowClient, name: str) -> Champion | None:
     return Champion(str(version), tags.get(f"{TAG_PREFIX}dataset_version"), accuracy)
 
 
+def already_registered(client: MlflowClient, name: str, facts: ModelFacts) -> Registration | None:
+    """The version this search already registered for this model (a resumed search exports again), if any."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        versions = _retry(lambda: list(client.search_model_versions(f"name = '{name}'")))
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise
+    wanted = {f"{TAG_PREFIX}search_id": facts.search_id, f"{TAG_PREFIX}hash": facts.hash}
+    for found in versions:
+        tags = found.tags or {}
+        if all(tags.get(k) == v for k, v in wanted.items()) and f"{TAG_PREFIX}promoted" in tags:
+            champion = current_champion(client, name)
+            promoted = tags[f"{TAG_PREFIX}promoted"] == "true"
+            reason = tags.get(f"{TAG_PREFIX}promotion_reason" if promoted else f"{TAG_PREFIX}not_promoted_reason", "")
+            return Registration(
+                name=name,
+                version=str(found.version),
+                model_uri=f"models:/{name}/{found.version}",
+                promoted=promoted,
+                reason=reason,
+                champion_version=champion.version if champion else str(found.version),
+                previous_champion_version=tags.get(f"{TAG_PREFIX}previous_champion"),
+            )
+    return None
+
+
 @contextmanager
 def _fluent_tracking_uri(uri: str) -> Iterator[None]:
     """Point MLflow's fluent API at ``uri`` for a moment, then restore the URI and its environment variable."""
@@ -158,6 +187,9 @@ def register_onnx(
     signature = infer_signature(example, session.run(None, {session.get_inputs()[0].name: example})[0])
     with _REGISTRY_LOCK, _fluent_tracking_uri(tracking_uri):
         client = MlflowClient(tracking_uri, registry_uri=mlflow.get_registry_uri())
+        earlier = already_registered(client, name, facts)
+        if earlier is not None:
+            return earlier
         champion = current_champion(client, name)
         # Created here, in the run's experiment: left to itself, log_model would put the model in the fluent API's
         # current experiment (the Default one, with artifacts in ./mlruns of whatever folder this runs in).

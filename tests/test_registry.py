@@ -133,3 +133,17 @@ def test_a_better_model_moves_the_alias_and_another_dataset_version_does_not(reg
     tags = versions(client, name)["4"]
     assert tags["nas.promoted"] == "false" and "dataset version another.dir differs" in tags["nas.not_promoted_reason"]
     assert set(versions(client, name)) == {"1", "2", "3", "4"}
+
+
+def test_exporting_a_search_again_reuses_its_version(registered):
+    """A search resumed after its export (but before its summary) exports again: no second version."""
+    project, first, second = registered
+    client = MlflowClient(first.tracker.tracking_uri)
+    name = registered_model_name("digits")
+    before = set(versions(client, name))
+    again = first.export()
+    assert again.path == first.output / "model.onnx"
+    assert set(versions(client, name)) == before, "no new version"
+    assert first.registration.version == "1" and first.registration.promoted is True
+    assert "no champion" in first.registration.reason
+    assert first.registration.champion_version == str(client.get_model_version_by_alias(name, CHAMPION_ALIAS).version)

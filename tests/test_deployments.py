@@ -294,11 +294,13 @@ def test_nas_deploy_serve_registers_and_pauses_on_stop(server, tmp_path):
     try:
 
         def served() -> dict[str, Any] | None:
+            """The deployment once its runner polls for runs (READY); stopped before that, serve cannot pause it."""
             try:
-                return _deployment(server, "served")
+                found = _deployment(server, "served")
             except urllib.error.HTTPError:
-                assert proc.poll() is None, proc.stdout.read()
-                return None
+                found = None
+            assert proc.poll() is None, proc.stdout.read()
+            return found if found and found.get("status") == "READY" else None
 
         deployment = _wait_for(served, 90, "the served deployment")
         assert [s["schedule"]["cron"] for s in deployment["schedules"]] == [dep.DEFAULT_CRON]

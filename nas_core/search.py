@@ -41,7 +41,7 @@ from nas_core.handoff import PREPROCESSING_KEY, preprocessing_metadata, write_se
 from nas_core.registry import Registration, register_search_best
 from nas_core.spaces import SPACES, create_space
 from nas_core.strategies import CandidateResult, Proposal, Strategy, create_strategy
-from nas_core.tracking import ARTIFACTS_DIR_NAME, SearchTracker, _params, _retry, resolve_tracking_uri, ui_command
+from nas_core.tracking import ARTIFACTS_DIR_NAME, SearchTracker, _retry, resolve_tracking_uri, ui_command
 from nas_core.training import TrainConfig
 
 DATA_SEED = 0  # the split never depends on the search seed: one dataset version per source
@@ -331,10 +331,8 @@ class SearchRun:
         """
         assert self.tracker is not None
         self.run_id, self.owns_run = run.info.run_id, False
-        client, new = self.tracker.client, _params({k: v for k, v in params.items() if k not in run.data.params})
-        for i in range(0, len(new), 100):
-            _retry(lambda chunk=new[i : i + 100]: client.log_batch(self.run_id, params=chunk))
-        _retry(lambda: client.update_run(self.run_id, name=name))
+        self.tracker.log_params(self.run_id, {k: v for k, v in params.items() if k not in run.data.params})
+        _retry(lambda: self.tracker.client.update_run(self.run_id, name=name))
         self.tracker.set_tags(self.run_id, tags)
 
     def _write_search_file(self) -> None:

@@ -188,12 +188,14 @@ class SearchTracker:
         if parent_run_id:
             run_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
         run = _retry(lambda: self.client.create_run(self.experiment_id, tags=run_tags, run_name=name))
-        run_id = run.info.run_id
-        if params:
-            items = _params(params)
-            for i in range(0, len(items), 100):
-                _retry(lambda chunk=items[i : i + 100]: self.client.log_batch(run_id, params=chunk))
-        return run_id
+        self.log_params(run.info.run_id, params)
+        return run.info.run_id
+
+    def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
+        """Log params in batches of 100 (MLflow's limit per call)."""
+        items = _params(params)
+        for i in range(0, len(items), 100):
+            _retry(lambda chunk=items[i : i + 100]: self.client.log_batch(run_id, params=chunk))
 
     def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
         now = int(time.time() * 1000)

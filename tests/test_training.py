@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from torch import nn
 from nas_core.builder import build_model
 from nas_core.genome import Genome
 from nas_core.metrics import accuracy, count_flops, count_params, macro_f1
-from nas_core.training import EpochMetrics, TrainConfig, train_genome
+from nas_core.training import EpochMetrics, TrainConfig, TrainState, _gather, _shift_flip_indices, fit, train_genome
 
 EPOCHS = 6
 
@@ -190,3 +191,194 @@ def test_count_params_and_flops_of_a_linear_layer():
     layer = nn.Linear(4, 3)
     assert count_params(layer) == 4 * 3 + 3
     assert count_flops(layer, (4,)) == 2 * 4 * 3
+
+
+# ---- resumable state ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def small(digits):
+    """A third of every digits split: many short runs stay fast."""
+    return dataclasses.replace(
+        digits, x={s: v[: len(v) // 3] for s, v in digits.x.items()}, y={s: v[: len(v) // 3] for s, v in digits.y.items()}
+    )
+
+
+def _same_weights(a: nn.Module, b: nn.Module) -> bool:
+    first, second = a.state_dict(), b.state_dict()
+    return first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+
+
+def _saved_and_loaded(state: TrainState, tmp_path) -> TrainState:
+    torch.save(state.to_dict(), tmp_path / "state.pt")
+    return TrainState.from_dict(torch.load(tmp_path / "state.pt", weights_only=True))
+
+
+@pytest.mark.parametrize("augment", ["none", "shift-flip"])
+def test_continuing_a_saved_state_equals_training_straight_through(small, tmp_path, augment):
+    config = TrainConfig(epochs=4, seed=3, augment=augment)
+    straight = train_genome(good_genome(), small, config)
+    first = train_genome(good_genome(), small, dataclasses.replace(config, epochs=2, schedule_epochs=4))
+    assert first.status == "ok" and first.state is not None and first.state.epoch == 2
+    assert first.history == straight.history[:2]
+    calls: list[EpochMetrics] = []
+    start = _saved_and_loaded(first.state, tmp_path)
+    resumed = train_genome(good_genome(), small, config, on_epoch=calls.append, start=start)
+    assert resumed.status == "ok"
+    assert [m.epoch for m in calls] == [3, 4]
+    assert resumed.history == straight.history
+    assert _same_weights(resumed.model, straight.model)
+    assert (resumed.test_accuracy, resumed.test_f1) == (straight.test_accuracy, straight.test_f1)
+    assert resumed.state.epoch == 4 and resumed.state.history == straight.history
+
+
+def test_state_round_trips_through_torch_save_with_weights_only(small, tmp_path):
+    result = train_genome(good_genome(), small, TrainConfig(epochs=1, seed=0))
+    state = result.state
+    loaded = _saved_and_loaded(state, tmp_path)
+    assert (loaded.epoch, loaded.history, loaded.scheduler, loaded.scaler) == (1, result.history, state.scheduler, None)
+    assert torch.equal(loaded.generator, state.generator)
+    assert loaded.model.keys() == result.model.state_dict().keys()
+    assert all(torch.equal(loaded.model[k], v) for k, v in result.model.state_dict().items())
+    assert loaded.optimizer["param_groups"] == state.optimizer["param_groups"]
+    assert all(v.device.type == "cpu" for v in loaded.model.values())
+
+
+def test_continuing_needs_epochs_left_and_the_same_schedule(small):
+    done = train_genome(good_genome(), small, TrainConfig(epochs=1, seed=0)).state
+    with pytest.raises(ValueError, match="already trained 1 epochs"):
+        train_genome(good_genome(), small, TrainConfig(epochs=1, seed=0), start=done)
+    with pytest.raises(ValueError, match="schedule"):
+        train_genome(good_genome(), small, TrainConfig(epochs=2, seed=0), start=done)
+
+
+def test_config_rejects_impossible_settings():
+    with pytest.raises(ValueError, match="schedule_epochs"):
+        TrainConfig(epochs=4, schedule_epochs=2)
+    with pytest.raises(ValueError, match="never test"):
+        TrainConfig(train_splits=("train", "test"))
+    with pytest.raises(ValueError, match="precision"):
+        TrainConfig(precision="fp8")
+    assert TrainConfig(train_splits=["train", "val"]).train_splits == ("train", "val")
+
+
+# ---- final training on train+val ------------------------------------------------------------
+
+
+def test_training_on_train_and_val_skips_validation_and_still_tests(small):
+    calls: list[EpochMetrics] = []
+    result = train_genome(
+        good_genome(), small, TrainConfig(epochs=2, seed=0, train_splits=("train", "val")), on_epoch=calls.append
+    )
+    train_only = train_genome(good_genome(), small, TrainConfig(epochs=2, seed=0))
+    assert result.status == "ok" and calls == result.history
+    for m in result.history:
+        assert math.isfinite(m.train_loss)
+        assert math.isnan(m.val_loss) and math.isnan(m.val_accuracy) and math.isnan(m.val_f1)
+    assert math.isnan(result.val_accuracy) and "val_accuracy" not in result.metrics()
+    assert 0.3 < result.test_accuracy <= 1.0  # chance is 0.1
+    assert result.state.scheduler["last_epoch"] > train_only.state.scheduler["last_epoch"]
+
+
+# ---- augmentation, precision, memory layout -------------------------------------------------
+
+
+def test_shift_flip_gathers_each_image_shifted_by_at_most_a_pixel():
+    x = torch.randn(40, 3, 5, 6)
+    rows, cols = _shift_flip_indices(40, 5, 6, True, torch.Generator().manual_seed(0), torch.device("cpu"))
+    idx = torch.arange(40)
+    out = _gather(x, idx, rows, cols)
+    assert out.shape == x.shape
+    assert torch.equal(_gather(x.contiguous(memory_format=torch.channels_last), idx, rows, cols), out)
+    padded = nn.functional.pad(x, (1, 1, 1, 1), mode="replicate")
+    flips = 0
+    for image, source in zip(out, padded, strict=True):
+        candidates = [source[:, dy : dy + 5, dx : dx + 6] for dy in range(3) for dx in range(3)]
+        same = any(torch.equal(image, c) for c in candidates)
+        mirrored = any(torch.equal(image, c.flip(-1)) for c in candidates)
+        assert same or mirrored
+        flips += mirrored and not same
+    assert 5 < flips < 35
+
+
+def test_augmentation_is_seeded_and_changes_training(small):
+    config = TrainConfig(epochs=1, seed=0, augment="shift")
+    first, second = train_genome(good_genome(), small, config), train_genome(good_genome(), small, config)
+    plain = train_genome(good_genome(), small, dataclasses.replace(config, augment="none"))
+    assert first.status == "ok" and first.history == second.history
+    assert first.history[0].train_loss != plain.history[0].train_loss
+
+
+def test_augmentation_and_channels_last_need_images(small):
+    sequences = dataclasses.replace(small, x={s: v.reshape(len(v), 1, 64) for s, v in small.x.items()}, input_shape=(1, 64))
+    for config in (TrainConfig(augment="shift"), TrainConfig(channels_last=True)):
+        with pytest.raises(ValueError, match=r"needs images \(C, H, W\)"):
+            fit(nn.Linear(64, 10), sequences, config)
+
+
+def test_auto_precision_on_cpu_is_fp32(small):
+    auto = train_genome(good_genome(), small, TrainConfig(epochs=1, seed=0))
+    fp32 = train_genome(good_genome(), small, TrainConfig(epochs=1, seed=0, precision="fp32"))
+    assert auto.history == fp32.history
+    assert _same_weights(auto.model, fp32.model)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_half_precision_autocast_trains_on_cpu(small, precision):
+    result = train_genome(good_genome(), small, TrainConfig(epochs=2, seed=0, precision=precision))
+    fp32 = train_genome(good_genome(), small, TrainConfig(epochs=2, seed=0, precision="fp32"))
+    assert result.status == "ok"
+    assert result.history[0].train_loss != fp32.history[0].train_loss
+    assert abs(result.history[-1].train_loss - fp32.history[-1].train_loss) < 0.2
+    assert (result.state.scaler is not None) == (precision == "fp16")
+
+
+def test_channels_last_on_cpu_trains_like_the_default(small):
+    default = train_genome(good_genome(), small, TrainConfig(epochs=3, seed=0))
+    channels_last = train_genome(good_genome(), small, TrainConfig(epochs=3, seed=0, channels_last=True))
+    assert channels_last.status == "ok"
+    assert channels_last.model.stem[0].weight.is_contiguous()  # handed back in the default layout
+    assert abs(channels_last.history[-1].train_loss - default.history[-1].train_loss) < 0.05
+    assert abs(channels_last.val_accuracy - default.val_accuracy) <= 0.05
+
+
+# ---- CUDA (skipped without a GPU) -----------------------------------------------------------
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@needs_cuda
+@pytest.mark.parametrize(("precision", "augment"), [("auto", "none"), ("fp16", "shift-flip")])
+def test_cuda_steps_never_wait_for_the_device(digits, precision, augment):
+    """CUDA reports every host sync in sync-debug mode: their number must not grow with the steps per epoch."""
+    syncs = []
+    for n in (256, 256, 768):  # the first run also counts CUDA's one-time library set-up
+        data = dataclasses.replace(
+            digits, x={**digits.x, "train": digits.x["train"][:n]}, y={**digits.y, "train": digits.y["train"][:n]}
+        )
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                result = train_genome(
+                    good_genome(), data, TrainConfig(epochs=2, device="cuda", precision=precision, augment=augment)
+                )
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        assert result.status == "ok"
+        syncs.append(sum("synchroniz" in str(w.message).lower() for w in caught))
+    assert 0 < syncs[1] == syncs[2]
+
+
+@needs_cuda
+def test_cuda_state_continues_on_cuda_and_on_cpu(small):
+    config = TrainConfig(epochs=3, seed=0, device="cuda", augment="shift")
+    first = train_genome(good_genome(), small, dataclasses.replace(config, epochs=1, schedule_epochs=3))
+    straight = train_genome(good_genome(), small, config)
+    resumed = train_genome(good_genome(), small, config, start=first.state)
+    assert resumed.status == "ok" and [m.epoch for m in resumed.history] == [1, 2, 3]
+    assert resumed.history[0] == first.history[0]
+    assert abs(resumed.history[-1].train_loss - straight.history[-1].train_loss) < 0.05  # cuDNN is not bitwise reproducible
+    assert resumed.model.stem[0].weight.device.type == "cpu" and resumed.model.stem[0].weight.is_contiguous()
+    on_cpu = train_genome(good_genome(), small, dataclasses.replace(config, device="cpu"), start=first.state)
+    assert on_cpu.status == "ok" and on_cpu.history[-1].train_loss < first.history[0].train_loss

@@ -163,6 +163,11 @@ def _print_summary(summary: dict[str, Any]) -> None:
     print(f"summary: {Path(summary['output']) / 'summary.json'}")
     if not best or best["onnx_path"]:
         print(f"ONNX model: {best['onnx_path'] if best else '(none: every candidate failed)'}")
+    if best and best.get("final_run_id"):
+        final = summary["final"]
+        print(f"final model: retrained {final['epochs']} epochs on {final['trained_on']}, test_acc {final['test_accuracy']:.4f}")
+    if (Path(summary["output"]) / "report.html").is_file():
+        print(f"report: {Path(summary['output']) / 'report.html'}")
     if best and best.get("handoff_path"):
         print(f"handoff bundle: {best['handoff_path']} (model.onnx, model_card.md, predict.py)")
     if best and best.get("registry"):
@@ -255,6 +260,36 @@ def search(
         str | None, typer.Option(help="auto (GPUs when visible, default), cpu, cuda, or visible GPU indices like 0,1.")
     ] = None,
     candidates_per_gpu: Annotated[int | None, typer.Option(help="Candidates sharing one GPU at once (default: 1).")] = None,
+    fidelity: Annotated[
+        str | None,
+        typer.Option(
+            help="'epochs': multi-fidelity search: many candidates get --min-epochs, the best 1/--eta are promoted to "
+            "eta times longer (continuing from their checkpoint) up to --max-epochs. Default: none (all get --epochs)."
+        ),
+    ] = None,
+    min_epochs: Annotated[int | None, typer.Option(help="Multi-fidelity: epochs of the first rung (default: 2).")] = None,
+    max_epochs: Annotated[int | None, typer.Option(help="Multi-fidelity: epochs of the last rung (default: --epochs).")] = None,
+    eta: Annotated[int | None, typer.Option(help="Multi-fidelity: promote the best 1/eta of a rung (default: 3).")] = None,
+    schedule: Annotated[
+        str | None, typer.Option(help="Multi-fidelity: halving (default) or hyperband (brackets starting at every rung).")
+    ] = None,
+    proxy: Annotated[
+        str | None,
+        typer.Option(help="Zero-cost proxy scored on every proposal before training: synflow or naswot (default: none)."),
+    ] = None,
+    proxy_keep: Annotated[
+        float | None, typer.Option(help="Train only this best-scoring share of proposals by --proxy (default: 1, all).")
+    ] = None,
+    final_epochs: Annotated[
+        int | None,
+        typer.Option(help="Retrain the best for this many epochs (on train+val) before export (default: 0, export as trained)."),
+    ] = None,
+    augment: Annotated[
+        str | None, typer.Option(help="Augmentation on the training device: none (default), shift or shift-flip.")
+    ] = None,
+    precision: Annotated[
+        str | None, typer.Option(help="auto (default: bf16/fp16 autocast on GPU, fp32 on CPU), fp32, bf16 or fp16.")
+    ] = None,
     resume: Annotated[
         str | None,
         typer.Option(help="Continue an interrupted search: its --output folder or its search id. Only execution flags apply."),
@@ -287,6 +322,8 @@ def search(
         "seed": seed, "output": output, "project_dir": project_dir, "experiment": experiment, "init_genome": init_genome,
         "space": space, "evaluator": evaluator, "select_metric": select_metric, "report_metric": report_metric,
         "max_params": max_params, "max_flops": max_flops, "data_root": data_root, "download": download or None,
+        "fidelity": fidelity, "min_epochs": min_epochs, "max_epochs": max_epochs, "eta": eta, "schedule": schedule,
+        "proxy": proxy, "proxy_keep": proxy_keep, "final_epochs": final_epochs, "augment": augment, "precision": precision,
     }  # fmt: skip
     if resume is not None:
         config, search_id = _resumed_config(resume, config_file, overrides, execution)
@@ -306,9 +343,14 @@ def search(
     _prefect_environment(config.project_dir)  # before anything imports prefect
     from flows.search import search_flow
 
+    plan = (
+        f"{config.budget} candidates x {config.min_epochs}..{config.top_epochs} epochs (eta {config.eta}, {config.schedule})"
+        if config.fidelity == "epochs"
+        else f"{config.budget} candidates x {config.epochs} epochs"
+    )
     console.print(
         f"{'resuming search' if resume else 'search'} {search_id}: {config.strategy} on {config.dataset}, "
-        f"{config.budget} candidates x {config.epochs} epochs, {config.workers} in parallel ({config.runner}) -> {out}"
+        f"{plan}, {config.workers} in parallel ({config.runner}) -> {out}"
     )
     summary = search_flow(config)(
         config.model_dump(mode="json"), search_id=search_id, show_progress=not quiet, resume=resume is not None
@@ -424,6 +466,53 @@ def export(
     print(f"handoff bundle of {folder}: {bundle}")
     if (bundle / "example_input.npy").is_file():
         print(f"try it: cd {bundle} && python predict.py example_input.npy")
+    return EXIT_OK
+
+
+@contextlib.contextmanager
+def _fail_fast_mlflow():
+    """An unreachable MLflow server fails in seconds, not after MLflow's default minutes of retries."""
+    quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+    saved = {key: os.environ.get(key) for key in quick}
+    os.environ.update({key: value for key, value in quick.items() if saved[key] is None})
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+
+
+@app.command()
+def report(
+    search: Annotated[str, typer.Argument(help="A finished search: its output folder or its search id.")],
+    output: Annotated[Path | None, typer.Option("--output", help="HTML file (default: the search folder's report.html).")] = None,
+    project_dir: Annotated[Path, typer.Option(help="Project whose MLflow store knows the search id (default: .).")] = Path("."),
+) -> int:
+    """Write a finished search's report: one self-contained HTML file with plots, curves and every candidate."""
+    from nas_core.report import ReportError, curve_run_ids, fetch_histories, load_summary, write_report
+    from nas_core.search import ResumeError, find_search_output
+    from nas_core.tracking import resolve_tracking_uri
+
+    if Path(search).is_dir() and not (Path(search) / "search.json").is_file():
+        raise UsageProblem(f"'{search}' holds no search (no search.json); pass a finished search's output folder or its id")
+    if output is not None and output.is_dir():
+        output = output / "report.html"
+    try:
+        folder = find_search_output(search, project_dir)
+        summary = load_summary(folder)
+    except (ResumeError, ReportError) as exc:
+        raise UsageProblem(str(exc)) from None
+    uri = summary.get("mlflow_tracking_uri") or resolve_tracking_uri(project_dir)
+    try:
+        with _fail_fast_mlflow():
+            histories = fetch_histories(uri, curve_run_ids(summary))
+    except Exception as exc:  # any MLflow or network failure: the report is still worth writing, without curves
+        histories = {}
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        console.print(f"warning: the report has no learning curves: cannot read MLflow at {escape(uri)} ({escape(reason)})")
+    path = write_report(folder, output, histories)
+    print(f"report of {folder}: {path.resolve()}")
     return EXIT_OK
 
 

@@ -12,6 +12,7 @@ from flows.runners import placement, task_runner
 from nas_core.candidate import CandidateJob, CandidateOutcome, run_candidate
 from nas_core.config import SearchConfig
 from nas_core.export import ExportReport
+from nas_core.final import FinalModel, final_job, record_final
 from nas_core.progress import ProgressReporter
 from nas_core.search import CandidateRecord, DatasetRef, SearchRun, set_torch_threads
 from nas_core.tracking import is_transient
@@ -56,6 +57,12 @@ def select_and_mutate(run: SearchRun) -> CandidateRecord | None:
 
 
 @_task
+def record_final_model(run: SearchRun, outcome: CandidateOutcome) -> FinalModel:
+    """Keep the retrained winner as the model to export; link its MLflow run with the candidate's and the search's."""
+    return record_final(run, outcome)
+
+
+@_task
 def export_onnx(run: SearchRun) -> ExportReport:
     """Export the best candidate to ONNX, check it, compare it with PyTorch, log it."""
     return run.export()
@@ -71,21 +78,34 @@ def nas_search(
     """
     run = SearchRun(SearchConfig(**config), search_id, resume=resume)
     set_torch_threads(run.config.workers)
-    prepare_dataset(run)
-    if show_progress:
-        run.on_record = ProgressReporter(run.config.budget, finished=run.records, killed=run.killed_on_resume)
+    progress = ProgressReporter(run.planned_evaluations(), quiet=not show_progress, slots=run.config.workers)
     try:
+        progress.stage("preparing data")
+        prepare_dataset(run)
+        progress.resumed(run.records, run.killed_on_resume)
+        run.on_record = progress
         while jobs := propose_generation(run):
-            with placement(run.config):
-                futures = [train_candidate.submit(job) for job in jobs]
-            for future in as_completed(futures):
-                run.record(future.result())  # checkpointed as each one ends
+            progress.stage(f"training generation {run.generation}")
+            with run.timed("candidates"):
+                with placement(run.config):
+                    futures = [train_candidate.submit(job) for job in jobs]
+                progress.submitted(len(futures))
+                for future in as_completed(futures):
+                    run.record(future.result())  # checkpointed as each one ends
             select_and_mutate(run)
+        if final := final_job(run):
+            progress.stage(f"final training ({final.train.epochs} epochs)")
+            with run.timed("final"), placement(run.config):
+                record_final_model(run, train_candidate.submit(final).result())
+        progress.stage("exporting ONNX")
         report = export_onnx(run) if run.can_export() else None
+        progress.stage("writing summary, plots and report")
+        return run.finish(report)
     except BaseException as exc:
         run.abort(f"{type(exc).__name__}: {exc}")
         raise
-    return run.finish(report)
+    finally:
+        progress.close()
 
 
 def search_flow(config: SearchConfig):

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import socket
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -31,7 +33,7 @@ from nas_core.evaluators import TableEvaluator
 from nas_core.genome import Genome
 from nas_core.spaces import SearchSpace, create_space
 from nas_core.tracking import SearchTracker, is_transient
-from nas_core.training import TrainConfig, train_genome
+from nas_core.training import TrainConfig, TrainState, train_genome
 
 EPOCH_METRICS = ("train_loss", "val_loss", "val_accuracy", "val_f1")
 
@@ -64,6 +66,10 @@ class CandidateJob:
     devices: str = "auto"  # which devices this worker may lease: "auto", "cpu", "cuda", "0,1", ...
     per_device: int = 1  # candidates sharing one GPU at once
     threads: int | None = None  # torch threads for this candidate (its share of the cores)
+    start_checkpoint: str | None = None  # multi-fidelity: continue from this saved training state
+    keep_state: bool = False  # multi-fidelity: return the training state, to continue it if promoted
+    proxy: tuple[str, float] | None = None  # the zero-cost proxy's name and score, logged on the run
+    plots: bool = True  # log the architecture diagram and learning curves as PNGs
 
     @property
     def fidelity(self) -> int:
@@ -82,6 +88,8 @@ class CandidateOutcome:
     weights: dict[str, torch.Tensor] | None = None
     worker: str = ""
     device: str = ""
+    state: dict[str, Any] | None = None  # training state (TrainState.to_dict) when the job asked to keep it
+    timing: dict[str, float] = field(default_factory=dict)  # train_started/train_ended: unix time around training
 
     @property
     def ok(self) -> bool:
@@ -146,6 +154,7 @@ def failure_reason(exc: BaseException) -> str:
 
 def run_candidate(job: CandidateJob) -> CandidateOutcome:
     """Evaluate one job under its own nested MLflow run (left open for the search to close)."""
+    began = time.monotonic()
     if job.threads:
         torch.set_num_threads(job.threads)
     tracker = _tracker(job.tracking_uri, job.experiment_id)
@@ -153,6 +162,8 @@ def run_candidate(job: CandidateJob) -> CandidateOutcome:
     tags = {**job.run_tags, "worker": outcome.worker, "status": "running"}
     outcome.run_id = tracker.start_run(job.run_name, job.run_params, tags, parent_run_id=job.parent_run_id)
     tracker.log_json(outcome.run_id, job.genome, "genome.json")
+    if job.proxy is not None:
+        tracker.log_metrics(outcome.run_id, {f"proxy_{job.proxy[0]}": job.proxy[1]})
     genome = Genome.from_dict(job.genome)
     try:
         space = space_of(job)
@@ -160,6 +171,7 @@ def run_candidate(job: CandidateJob) -> CandidateOutcome:
             outcome.status, outcome.metrics = "ok", _table(*job.table).evaluate(space, genome)
         else:
             _train(job, genome, space, tracker, outcome)
+            outcome.metrics["wall_seconds"] = time.monotonic() - began  # the whole job: tracking, data, training, plots
     except Exception as exc:
         if is_transient(exc) or isinstance(exc, versioning.VersioningError):
             raise  # not the candidate's fault: the search retries or stops (and can be resumed)
@@ -174,15 +186,44 @@ def _train(job: CandidateJob, genome: Genome, space: SearchSpace, tracker: Searc
     run_id = outcome.run_id
 
     def log_epoch(m: Any) -> None:
-        tracker.log_metrics(run_id, {k: getattr(m, k) for k in EPOCH_METRICS}, step=m.epoch)
+        values = {k: getattr(m, k) for k in EPOCH_METRICS}
+        tracker.log_metrics(run_id, {k: v for k, v in values.items() if math.isfinite(v)}, step=m.epoch)
 
+    start = TrainState.from_dict(torch.load(job.start_checkpoint, weights_only=True)) if job.start_checkpoint else None
+    for earlier in start.history if start else ():  # the promoted run shows the whole learning curve
+        log_epoch(earlier)
     with leases.lease() as device:
         outcome.device = device
         tracker.set_tags(run_id, {"device": device})
-        started = time.monotonic()
-        result = train_genome(genome, data, dataclasses.replace(job.train, device=device), on_epoch=log_epoch, build=space.build)
+        train = dataclasses.replace(job.train, device=device)
+        result = train_genome(genome, data, train, on_epoch=log_epoch, build=space.build, start=start)
+        outcome.timing = {"train_started": result.started_at, "train_ended": result.started_at + result.train_seconds}
         outcome.status, outcome.reason, outcome.metrics = result.status, result.reason, result.metrics()
-        outcome.metrics["wall_seconds"] = time.monotonic() - started
         if result.model is not None:
             outcome.weights = {k: v.detach().cpu().clone() for k, v in result.model.state_dict().items()}
+        if job.keep_state and result.state is not None:
+            outcome.state = result.state.to_dict()
+        history = [dataclasses.asdict(m) for m in result.history]
         del result  # the model goes before the lease frees the device's memory
+    if job.plots:
+        log_plots(tracker, run_id, genome, history, job.run_name, dims=int(getattr(type(space), "input_ndim", 2)))
+
+
+def log_plots(
+    tracker: SearchTracker, run_id: str, genome: Genome, history: list[dict[str, float]], title: str, dims: int = 2
+) -> None:
+    """The architecture diagram and the learning curves as PNGs under the run's ``plots/``; a plotting error is tagged,
+    never blamed on the candidate."""
+    from nas_core.plots import architecture_png, learning_curves_png
+
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            paths = [architecture_png(genome, Path(folder) / "architecture.png", title, dims=dims)]
+            if history:
+                paths.append(learning_curves_png(history, Path(folder) / "learning_curves.png", title))
+            for path in paths:
+                tracker.log_artifact(run_id, path, "plots")
+    except Exception as exc:
+        if is_transient(exc):
+            raise
+        tracker.set_tags(run_id, {"plot_error": failure_reason(exc)})

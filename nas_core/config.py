@@ -65,6 +65,31 @@ class SearchConfig(BaseModel):
     hparams: dict[str, list[Any]] | None = Field(
         None, description="training hyperparameters searched with the architecture, e.g. {lr: [0.001, 0.01]}"
     )
+    augment: Literal["none", "shift", "shift-flip"] = Field(
+        "none", description="augmentation on the training device: none, shift (1 pixel) or shift-flip (images only)"
+    )
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="training precision: auto (bf16/fp16 autocast on GPU, fp32 on CPU), fp32, bf16 or fp16"
+    )
+    fidelity: Literal["none", "epochs"] = Field(
+        "none", description="'epochs': multi-fidelity search (successive halving over epochs); 'none': all get `epochs`"
+    )
+    min_epochs: int = Field(2, ge=1, description="multi-fidelity: epochs of the first rung")
+    max_epochs: int | None = Field(None, ge=1, description="multi-fidelity: epochs of the last rung (default: epochs)")
+    eta: int = Field(3, ge=2, description="multi-fidelity: keep the best 1/eta of a rung, give them eta times the epochs")
+    schedule: Literal["halving", "hyperband"] = Field(
+        "halving", description="multi-fidelity: successive halving, or hyperband (brackets starting at every rung)"
+    )
+    proxy: Literal["none", "synflow", "naswot"] = Field(
+        "none", description="zero-cost proxy scored on every proposal at initialisation (logged on its run)"
+    )
+    proxy_keep: float = Field(
+        1.0, gt=0, le=1, description="share of proposals trained: the best by the proxy (1: train all, log the score)"
+    )
+    final_epochs: int = Field(
+        0, ge=0, description="retrain the best for this many epochs before export (0: export the best as trained)"
+    )
+    final_splits: Literal["train+val", "train"] = Field("train+val", description="what the final training trains on")
 
     @field_validator("hparams")
     @classmethod
@@ -100,6 +125,11 @@ class SearchConfig(BaseModel):
     @classmethod
     def _known_space(cls, value: str) -> str:
         return _known("space", value, SPACES)
+
+    @property
+    def top_epochs(self) -> int:
+        """The longest training a candidate gets (``max_epochs`` in a multi-fidelity search, else ``epochs``)."""
+        return (self.max_epochs or self.epochs) if self.fidelity == "epochs" else self.epochs
 
     @property
     def experiment_name(self) -> str:
@@ -159,4 +189,10 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
         raise ConfigError("dask_address needs runner 'dask' (add --runner dask)")
     if config.min_nodes > config.max_nodes:
         raise ConfigError(f"min_nodes ({config.min_nodes}) must not exceed max_nodes ({config.max_nodes})")
+    if config.fidelity == "epochs" and config.min_epochs > config.top_epochs:
+        raise ConfigError(f"min_epochs ({config.min_epochs}) must not exceed max_epochs ({config.top_epochs})")
+    if config.table_path is not None and (config.fidelity != "none" or config.proxy != "none" or config.final_epochs):
+        raise ConfigError("the table evaluator looks results up: drop --fidelity, --proxy and --final-epochs")
+    if config.proxy == "none" and config.proxy_keep < 1:
+        raise ConfigError("proxy_keep needs a proxy to rank proposals by (add --proxy naswot or --proxy synflow)")
     return config

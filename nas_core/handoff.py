@@ -450,13 +450,18 @@ def write_search_bundle(run: SearchRun, report: ExportReport, registration: Regi
         dataset_version=run.dataset.version,
         classes=list(run.data.classes),
         preprocessing=_preprocessing(json.loads(preprocessing_metadata(run.data))),
-        metrics={k: best.metrics.get(k) for k in METRIC_KEYS},
+        metrics={k: run.exported_metrics().get(k) for k in METRIC_KEYS},
         genome=best.genome.to_dict(),
         hash=best.hash,
         params=int(best.metrics["params"]),
         flops=int(best.metrics["flops"]),
         onnx_max_abs_diff=report.max_abs_diff,
-        mlflow={"tracking_uri": run.tracker.tracking_uri, "search_run_id": run.run_id, "candidate_run_id": best.mlflow_run_id},
+        mlflow={
+            "tracking_uri": run.tracker.tracking_uri,
+            "search_run_id": run.run_id,
+            "candidate_run_id": best.mlflow_run_id,
+            **({"final_run_id": run.final.run_id} if run.final is not None and run.final.ok else {}),
+        },
         registry=registration.to_dict() if registration else None,
     )
     labels = [run.data.classes[int(k)] for k in run.data.y["test"][:EXAMPLE_SIZE]]

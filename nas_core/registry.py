@@ -239,6 +239,6 @@ def register_search_best(run: SearchRun, onnx_path: Path) -> Registration:
         search_id=run.search_id,
         hash=best.hash,
         val_accuracy=float(best.metrics["val_accuracy"]),
-        test_accuracy=float(best.metrics["test_accuracy"]),
+        test_accuracy=float(run.exported_metrics()["test_accuracy"]),
     )
     return register_onnx(run.tracker.tracking_uri, run.run_id, onnx_path, run.data.x["test"][:INPUT_EXAMPLE_SIZE], facts)

@@ -15,10 +15,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import secrets
+import shutil
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -36,12 +40,15 @@ from nas_core.config import SearchConfig
 from nas_core.data import DatasetError, PreparedData, inspect_source, load_prepared, parse_dataset, prepare_dataset
 from nas_core.evaluators import TableEvaluator
 from nas_core.export import ExportReport, export_onnx
+from nas_core.fidelity import Evaluation, Rungs, promotions
+from nas_core.final import FINAL_ROLE, FinalModel, exported_metrics, restore_final
 from nas_core.genome import Genome
 from nas_core.handoff import PREPROCESSING_KEY, preprocessing_metadata, write_search_bundle
+from nas_core.proxies import rank_correlation, score_genome
 from nas_core.registry import Registration, register_search_best
 from nas_core.spaces import SPACES, create_space
 from nas_core.strategies import CandidateResult, Proposal, Strategy, create_strategy
-from nas_core.tracking import ARTIFACTS_DIR_NAME, SearchTracker, _retry, resolve_tracking_uri, ui_command
+from nas_core.tracking import ARTIFACTS_DIR_NAME, SearchTracker, _retry, is_transient, resolve_tracking_uri, ui_command
 from nas_core.training import TrainConfig
 
 DATA_SEED = 0  # the split never depends on the search seed: one dataset version per source
@@ -49,6 +56,8 @@ DATA_SEED = 0  # the split never depends on the search seed: one dataset version
 TABLE_INPUT_SHAPE = (3, 32, 32)
 TABLE_NUM_CLASSES = 10
 SEARCH_FILE, STATE_FILE, WEIGHTS_FILE, SUMMARY_FILE = "search.json", "state.json", "best_weights.pt", "summary.json"
+CHECKPOINTS_DIR, PLOTS_DIR, REPORT_FILE = "checkpoints", "plots", "report.html"
+PROMOTION = "promotion"  # the origin of a multi-fidelity evaluation that continues an architecture at a longer budget
 KILLED_REASON = "killed: the search stopped while this candidate was running; it was queued again on resume"
 
 
@@ -80,6 +89,11 @@ class CandidateRecord:
     weights: dict[str, torch.Tensor] | None = None
     hash: str = ""  # the identity in the search space
     fidelity: int = 0  # epochs trained
+    bracket: int = 0  # multi-fidelity: the hyperband bracket
+    promoted_from: str = ""  # multi-fidelity: the run this evaluation continued from
+    proxy: float | None = None  # the zero-cost proxy's score at initialisation
+    finished_seconds: float | None = None  # since the search (this process) started
+    timing: dict[str, float] = field(default_factory=dict)  # train_started/train_ended (unix time)
 
     def __post_init__(self) -> None:
         self.hash = self.hash or self.genome.canonical_hash()
@@ -93,6 +107,10 @@ class CandidateRecord:
         m = self.metrics
         return (m.get("val_accuracy", -1.0), m.get("val_f1", -1.0), -m.get("params", 0.0))
 
+    def best_key(self) -> tuple[float, ...]:
+        """What makes the search's best: the longest training (multi-fidelity), then :meth:`selection_key`."""
+        return (self.fidelity, *self.selection_key())
+
     def summary(self) -> dict[str, Any]:
         return {
             "index": self.index,
@@ -104,23 +122,33 @@ class CandidateRecord:
             "origin": self.origin,
             "val_accuracy": self.metrics.get("val_accuracy"),
             "val_f1": self.metrics.get("val_f1"),
+            "test_accuracy": self.metrics.get("test_accuracy"),
             "params": self.metrics.get("params"),
             "flops": self.metrics.get("flops"),
             "mlflow_run_id": self.mlflow_run_id,
             "parents": self.parents,
             "parent_run_ids": self.parent_run_ids,
+            "bracket": self.bracket,
+            "promoted_from": self.promoted_from or None,
+            "proxy": self.proxy,
+            "finished_seconds": self.finished_seconds,
+            "train_seconds": self.metrics.get("train_seconds"),
+            "wall_seconds": self.metrics.get("wall_seconds"),
+            **{k: self.timing.get(k) for k in ("train_started", "train_ended")},
         }
 
     def checkpoint(self) -> dict[str, Any]:
         """Everything needed to restore the record after a crash (weights are saved separately)."""
-        return {**self.summary(), "genome": self.genome.to_dict(), "metrics": self.metrics}
+        return {**self.summary(), "genome": self.genome.to_dict(), "metrics": self.metrics, "timing": self.timing}
 
     @classmethod
     def from_checkpoint(cls, data: dict[str, Any]) -> CandidateRecord:
         return cls(
             data["index"], data["generation"], Genome.from_dict(data["genome"]), data["origin"], list(data["parents"]),
             list(data["parent_run_ids"]), data["mlflow_run_id"], data["status"], data["reason"], dict(data["metrics"]),
-            hash=data["hash"], fidelity=data["fidelity"],
+            hash=data["hash"], fidelity=data["fidelity"], bracket=data.get("bracket", 0),
+            promoted_from=data.get("promoted_from") or "", proxy=data.get("proxy"),
+            finished_seconds=data.get("finished_seconds"), timing=dict(data.get("timing", {})),
         )  # fmt: skip
 
 
@@ -282,10 +310,34 @@ class SearchRun:
         self.on_record: Callable[[CandidateRecord], None] | None = None
         self.registration: Registration | None = None  # the best model's version in the MLflow model registry
         self.handoff: Path | None = None  # the handoff bundle written by export()
+        self.rungs = (
+            Rungs(config.min_epochs, config.top_epochs, config.eta, config.schedule) if config.fidelity == "epochs" else None
+        )
+        self.screened: list[dict[str, Any]] = []  # proposals the zero-cost proxy kept from training
+        self.final: FinalModel | None = None  # the winner retrained with the final budget (--final-epochs)
+        self.started_at = time.time()
+        self.timings: dict[str, float] = {}  # seconds per stage, in this process
+
+    @contextmanager
+    def timed(self, stage: str) -> Iterator[None]:
+        """Add the time spent inside the block to ``timings[stage]`` (for the overhead benchmark)."""
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self.timings[stage] = self.timings.get(stage, 0.0) + time.monotonic() - started
+
+    def planned_evaluations(self) -> int:
+        """How many evaluations the search expects to make (the budget, plus promotions when multi-fidelity)."""
+        return self.rungs.planned_evaluations(self.config.budget) if self.rungs else self.config.budget
 
     # ---- stages ---------------------------------------------------------------------------
     def prepare(self) -> DatasetRef:
         """Record the search, prepare and version the data, open (or reopen) the search's MLflow run."""
+        with self.timed("prepare"):
+            return self._prepare()
+
+    def _prepare(self) -> DatasetRef:
         self.output.mkdir(parents=True, exist_ok=True)
         saved = read_saved_search(self.output) if self.resume and (self.output / SEARCH_FILE).is_file() else {}
         self.run_id = saved.get("mlflow_run_id", "")
@@ -352,6 +404,8 @@ class SearchRun:
             self.current = state["current"]
             for data in state["finished"]:
                 self._remember(CandidateRecord.from_checkpoint(data))
+            self.screened = list(state.get("screened", []))
+            restore_final(self, state.get("final"))
             best = self.best()
             weights_path = self.output / WEIGHTS_FILE
             if best is not None and weights_path.is_file():
@@ -359,7 +413,12 @@ class SearchRun:
                 if saved["hash"] == best.hash:
                     best.weights = saved["weights"]
         recorded = {r.mlflow_run_id: r for r in self.records}
-        for run in self.tracker.search_runs({"search_id": self.search_id, "role": "candidate"}, status="RUNNING"):
+        running = [
+            run
+            for role in ("candidate", FINAL_ROLE)
+            for run in self.tracker.search_runs({"search_id": self.search_id, "role": role}, status="RUNNING")
+        ]
+        for run in running:
             record = recorded.get(run.info.run_id)
             if record is not None:  # checkpointed, but the process died before closing the run
                 self._close_run(record)
@@ -395,26 +454,67 @@ class SearchRun:
         done = {r.index for r in self.records}
         return [entry for entry in self.current if entry["index"] not in done]
 
+    def new_architectures(self) -> int:
+        """Architectures evaluated for the first time so far (what the budget counts)."""
+        return sum(r.origin != PROMOTION for r in self.records)
+
     def remaining(self) -> int:
-        return self.config.budget - len(self.records)
+        return self.config.budget - self.new_architectures()
 
     def propose(self) -> list[CandidateJob]:
         """The jobs to run next: the unfinished ones of the generation in flight (after a resume), else a new
-        generation of up to ``population`` unseen genomes, never past the budget."""
-        if self.current and not self.unfinished():
-            self.select()  # resumed after the generation's last candidate but before it was told to the strategy
-        if not self.unfinished():
-            count = min(self.config.population, self.remaining())
-            if count <= 0:
-                return []
-            self.generation += 1
-            proposals = self.strategy.ask(count)
-            first = len(self.records) + 1
-            self.current = [self._entry(p, first + i) for i, p in enumerate(proposals)]
-            self._checkpoint()
-        return [self._job(entry) for entry in self.unfinished()]
+        generation: multi-fidelity promotions first, then up to ``population`` unseen genomes, never past the budget."""
+        with self.timed("propose"):
+            if self.current and not self.unfinished():
+                self.select()  # resumed after the generation's last candidate but before it was told to the strategy
+            if not self.unfinished():
+                promoted = self.promotions()[: self.config.population]
+                count = min(self.config.population - len(promoted), self.remaining())
+                if not promoted and count <= 0:
+                    return []
+                self.generation += 1
+                first = len(self.records) + 1
+                self.current = [self._promotion_entry(r, first + i) for i, r in enumerate(promoted)]
+                ordinal = self.new_architectures()
+                for proposal, score in self._ask(count):
+                    self.current.append(self._entry(proposal, first + len(self.current), ordinal, score))
+                    ordinal += 1
+                self.write_checkpoint()
+            return [self.job_for(entry) for entry in self.unfinished()]
 
-    def _entry(self, proposal: Proposal, index: int) -> dict[str, Any]:
+    def promotions(self) -> list[CandidateRecord]:
+        """Multi-fidelity: the finished evaluations to continue at their next rung now (none otherwise)."""
+        if self.rungs is None:
+            return []
+        ordered = sorted(self.records, key=lambda r: r.index)
+        evaluations = [Evaluation(r.hash, r.bracket, r.fidelity, r.selection_key() if r.ok else None) for r in ordered]
+        chosen = promotions(self.rungs, evaluations)
+        by_identity = {(r.hash, r.fidelity): r for r in ordered}
+        return [by_identity[(e.hash, e.epochs)] for e in chosen]
+
+    def _ask(self, count: int) -> list[tuple[Proposal, float | None]]:
+        """``count`` new proposals; with a zero-cost proxy, scored, and only the best-scoring ``proxy_keep`` share kept."""
+        if count <= 0:
+            return []
+        if self.config.proxy == "none" or self.data is None:
+            return [(p, None) for p in self.strategy.ask(count)]
+        proposals = self.strategy.ask(math.ceil(count / self.config.proxy_keep))
+        scores = [self._proxy_score(p.genome) for p in proposals]
+        ranked = sorted(range(len(proposals)), key=lambda i: -scores[i] if math.isfinite(scores[i]) else math.inf)
+        kept = sorted(ranked[:count])  # in proposal order
+        for i in ranked[count:]:
+            self.screened.append({"hash": proposals[i].hash, "generation": self.generation, "proxy": scores[i]})
+        return [(proposals[i], scores[i]) for i in kept]
+
+    def _proxy_score(self, genome: Genome) -> float:
+        assert self.data is not None
+        try:
+            return score_genome(self.space.build, genome, self.data, self.config.proxy, seed=self.config.seed)
+        except Exception:  # a genome that cannot be built or scored ranks last; training reports why it fails
+            return -math.inf
+
+    def _entry(self, proposal: Proposal, index: int, ordinal: int, proxy: float | None) -> dict[str, Any]:
+        bracket = self.rungs.bracket_of(ordinal) if self.rungs else 0
         return {
             "index": index,
             "generation": self.generation,
@@ -422,31 +522,58 @@ class SearchRun:
             "hash": proposal.hash,
             "origin": proposal.origin,
             "parents": list(proposal.parents),
+            "fidelity": self.rungs.epochs[bracket] if self.rungs else self.train_config(proposal.genome).epochs,
+            "bracket": bracket,
+            "promoted_from": "",
+            "proxy": proxy if proxy is None or math.isfinite(proxy) else None,
         }
+
+    def _promotion_entry(self, record: CandidateRecord, index: int) -> dict[str, Any]:
+        assert self.rungs is not None
+        return {
+            "index": index,
+            "generation": self.generation,
+            "genome": record.genome.to_dict(),
+            "hash": record.hash,
+            "origin": PROMOTION,
+            "parents": [record.hash],
+            "fidelity": self.rungs.epochs[self.rungs.rung_of(record.fidelity) + 1],
+            "from_fidelity": record.fidelity,
+            "bracket": record.bracket,
+            "promoted_from": record.mlflow_run_id,
+            "proxy": record.proxy,
+        }
+
+    def checkpoint_path(self, hash_: str, fidelity: int) -> Path:
+        """Where a multi-fidelity evaluation's training state is kept until it is promoted (or the search ends)."""
+        return self.output / CHECKPOINTS_DIR / f"{hash_}-e{fidelity}.pt"
 
     def train_config(self, genome: Genome | None = None) -> TrainConfig:
         """The search-wide training settings, overridden by the genome's own hyperparameters."""
         c = self.config
         settings = TrainConfig(
-            epochs=c.epochs,
+            epochs=c.top_epochs,
             batch_size=c.batch_size,
             optimizer=c.optimizer,
             lr=c.lr,
             weight_decay=c.weight_decay,
             seed=c.seed,
             time_limit_s=c.candidate_timeout,
+            schedule_epochs=c.top_epochs if self.rungs else None,
+            precision=c.precision,
+            augment=c.augment,
         )
         return dataclasses.replace(settings, **genome.hparams) if genome is not None else settings
 
-    def _job(self, entry: dict[str, Any]) -> CandidateJob:
+    def job_for(self, entry: dict[str, Any]) -> CandidateJob:
         """A self-contained job for one proposal: what to train, how, and where to log it."""
         assert self.tracker is not None and self.dataset is not None
         genome = Genome.from_dict(entry["genome"])
-        train = self.train_config(genome)
+        train = dataclasses.replace(self.train_config(genome), epochs=entry.get("fidelity", self.config.epochs))
         settings = (
             {"evaluator": self.config.evaluator}
             if self.table
-            else {f"train.{k}": v for k, v in vars(train).items() if k != "device"}
+            else {f"train.{k}": v for k, v in vars(train).items() if k not in ("device", "train_splits")}
         )
         parent_run_ids = [self.by_hash[h].mlflow_run_id for h in entry["parents"] if h in self.by_hash]
         table = (str(self.table.path), self.table.select_metric, self.table.report_metric) if self.table else None
@@ -473,6 +600,7 @@ class SearchRun:
                 "parent_hashes": ",".join(entry["parents"]),
                 "dataset": self.dataset.name,
                 "dataset_version": self.dataset.version,
+                **self._fidelity_tags(entry),
             },
             parent_run_id=self.run_id,
             tracking_uri=self.tracker.tracking_uri,
@@ -488,7 +616,20 @@ class SearchRun:
             devices=self.config.device,
             per_device=self.config.candidates_per_gpu,
             threads=threads_per_candidate(self.config.workers),
+            start_checkpoint=(
+                str(self.checkpoint_path(entry["hash"], entry["from_fidelity"])) if "from_fidelity" in entry else None
+            ),
+            keep_state=self.rungs is not None and train.epochs < self.rungs.max_epochs,
+            proxy=(self.config.proxy, entry["proxy"]) if entry.get("proxy") is not None else None,
         )
+
+    def _fidelity_tags(self, entry: dict[str, Any]) -> dict[str, Any]:
+        if self.rungs is None or entry["fidelity"] not in self.rungs.epochs:
+            return {}
+        tags = {"bracket": entry["bracket"], "rung": self.rungs.rung_of(entry["fidelity"])}
+        if entry["promoted_from"]:
+            tags.update(promoted_from=entry["promoted_from"], resumed_from_epoch=entry["from_fidelity"])
+        return tags
 
     def record(self, outcome: CandidateOutcome) -> CandidateRecord:
         """Remember one outcome, checkpoint, then close its MLflow run (in that order, for resume)."""
@@ -497,11 +638,22 @@ class SearchRun:
         metrics = dict(outcome.metrics)
         if self.table is not None and outcome.ok:
             metrics.update(self.cost(genome))
+        parent_run_ids = (
+            [entry["promoted_from"]]
+            if entry.get("promoted_from")
+            else [self.by_hash[h].mlflow_run_id for h in entry["parents"] if h in self.by_hash]
+        )
         record = CandidateRecord(
-            outcome.index, entry["generation"], genome, entry["origin"], list(entry["parents"]),
-            [self.by_hash[h].mlflow_run_id for h in entry["parents"] if h in self.by_hash], outcome.run_id,
-            outcome.status, outcome.reason, metrics, outcome.weights, hash=entry["hash"], fidelity=self.config.epochs,
+            outcome.index, entry["generation"], genome, entry["origin"], list(entry["parents"]), parent_run_ids,
+            outcome.run_id, outcome.status, outcome.reason, metrics, outcome.weights, hash=entry["hash"],
+            fidelity=entry.get("fidelity", self.config.epochs), bracket=entry.get("bracket", 0),
+            promoted_from=entry.get("promoted_from", ""), proxy=entry.get("proxy"),
+            finished_seconds=round(time.time() - self.started_at, 3), timing=dict(outcome.timing),
         )  # fmt: skip
+        if outcome.state is not None and outcome.ok:
+            self._save_state(record, outcome.state)
+        if "from_fidelity" in entry:  # continued: the shorter run's state is no longer needed
+            self.checkpoint_path(record.hash, entry["from_fidelity"]).unlink(missing_ok=True)
         previous_best = self.best()
         self._remember(record)
         if record.ok and self.best() is record:
@@ -511,7 +663,7 @@ class SearchRun:
                 previous_best.weights = None
         else:
             record.weights = None
-        self._checkpoint()
+        self.write_checkpoint()
         self._close_run(record)
         best = self.best()
         if best is not None:
@@ -522,7 +674,16 @@ class SearchRun:
 
     def _remember(self, record: CandidateRecord) -> None:
         self.records.append(record)
-        self.by_hash[record.hash] = record
+        known = self.by_hash.get(record.hash)
+        if known is None or record.fidelity >= known.fidelity:  # parents link to an architecture's longest training
+            self.by_hash[record.hash] = record
+
+    def _save_state(self, record: CandidateRecord, state: dict[str, Any]) -> None:
+        path = self.checkpoint_path(record.hash, record.fidelity)
+        path.parent.mkdir(exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, path)
 
     def _save_weights(self, record: CandidateRecord) -> None:
         tmp = self.output / f".{WEIGHTS_FILE}.tmp"
@@ -539,7 +700,7 @@ class SearchRun:
         self.tracker.set_tags(run_id, {"status": record.status, **({"failure_reason": record.reason} if record.reason else {})})
         self.tracker.end_run(run_id, record.ok)
 
-    def _checkpoint(self) -> None:
+    def write_checkpoint(self) -> None:
         write_json_atomic(
             self.output / STATE_FILE,
             {
@@ -549,13 +710,22 @@ class SearchRun:
                 "strategy": self.strategy.state_dict(),
                 "current": self.current,
                 "finished": [r.checkpoint() for r in self.records],
+                "screened": self.screened,
+                "final": self.final.summary() if self.final else None,
             },
         )
 
     def select(self) -> CandidateRecord | None:
-        """Tell the strategy the generation's results in proposal order, checkpoint; return the best so far."""
+        """Tell the strategy the generation's results in proposal order, checkpoint; return the best so far.
+
+        Promotions are not told again: the strategy learns each architecture once, from its first evaluation.
+        """
+        with self.timed("select"):
+            return self._select()
+
+    def _select(self) -> CandidateRecord | None:
         indices = {entry["index"] for entry in self.current}
-        generation = sorted((r for r in self.records if r.index in indices), key=lambda r: r.index)
+        generation = sorted((r for r in self.records if r.index in indices and r.origin != PROMOTION), key=lambda r: r.index)
         self.strategy.tell(
             [
                 CandidateResult(r.genome, r.status, r.metrics.get("val_accuracy") if r.ok else None, r.reason, r.metrics, r.hash)
@@ -563,12 +733,12 @@ class SearchRun:
             ]
         )
         self.current = []
-        self._checkpoint()
+        self.write_checkpoint()
         return self.best()
 
     def best(self) -> CandidateRecord | None:
         finished = [r for r in self.records if r.ok]
-        return max(finished, key=CandidateRecord.selection_key) if finished else None
+        return max(finished, key=CandidateRecord.best_key) if finished else None
 
     def can_export(self) -> bool:
         """A trained best model exists (table evaluations have no weights to export)."""
@@ -576,16 +746,27 @@ class SearchRun:
         return best is not None and best.weights is not None
 
     def best_model(self) -> nn.Module:
-        """The best candidate's network with its trained weights."""
+        """The model to export: the best candidate's network with its final-training weights, else as trained."""
         best = self.best()
         assert best is not None and best.weights is not None and self.data is not None
         model = self.space.build(best.genome, self.data.input_shape, self.data.num_classes, self.data.mean, self.data.std)
-        model.load_state_dict(best.weights)
+        final = self.final if self.final is not None and self.final.ok and self.final.source_hash == best.hash else None
+        model.load_state_dict(final.weights if final is not None else best.weights)
         return model.eval()
+
+    def exported_metrics(self) -> dict[str, float]:
+        """The exported model's metrics: the best's validation metrics, test metrics of the final model if retrained."""
+        best = self.best()
+        assert best is not None
+        return exported_metrics(best, self.final if self.final is not None and self.final.source_hash == best.hash else None)
 
     def export(self) -> ExportReport:
         """Export the best candidate to ``<output>/model.onnx`` (verified), log it on the parent run, register it in
         the MLflow model registry and write the handoff bundle (``<output>/handoff/``)."""
+        with self.timed("export"):
+            return self._export()
+
+    def _export(self) -> ExportReport:
         best = self.best()
         assert best is not None and self.data is not None and self.dataset is not None
         metadata = {
@@ -593,8 +774,9 @@ class SearchRun:
             "nas.hash": best.hash,
             "nas.dataset": self.dataset.name,
             "nas.dataset_version": self.dataset.version,
-            "nas.metrics": json.dumps(best.metrics, sort_keys=True),
+            "nas.metrics": json.dumps(self.exported_metrics(), sort_keys=True),
             "nas.mlflow_run_id": best.mlflow_run_id,
+            **({"nas.final_run_id": self.final.run_id} if self.final is not None and self.final.ok else {}),
             "nas.search_mlflow_run_id": self.run_id,
             "nas.search_id": self.search_id,
             "nas.input_range": (
@@ -621,7 +803,9 @@ class SearchRun:
                 self.tracker.end_run(self.run_id, ok=False)
 
     def finish(self, report: ExportReport | None) -> dict[str, Any]:
-        """Write ``summary.json``, log it, and close the parent run (FAILED when nothing trained)."""
+        """Write ``summary.json``, the search's plots and its HTML report; log them, and close the parent run (FAILED
+        when nothing trained)."""
+        finishing = time.monotonic()
         assert self.tracker is not None and self.dataset is not None
         best = self.best()
         summary: dict[str, Any] = {
@@ -635,18 +819,28 @@ class SearchRun:
             "strategy": self.config.strategy,
             "budget": self.config.budget,
             "seed": self.config.seed,
-            "elapsed_seconds": round(time.monotonic() - self.started, 2),
+            "fidelity": (
+                {"mode": "epochs", "schedule": self.config.schedule, "rungs": self.rungs.epochs, "eta": self.config.eta}
+                if self.rungs
+                else {"mode": "none", "epochs": self.config.epochs}
+            ),
+            "proxy": self._proxy_summary(),
+            "final": self.final.summary() if self.final else None,
             "candidates": [r.summary() for r in sorted(self.records, key=lambda r: r.index)],
             "best": None,
         }
         if best is not None:
+            exported = self.exported_metrics()
             summary["best"] = {
                 "hash": best.hash,
                 "mlflow_run_id": best.mlflow_run_id,
+                "fidelity": best.fidelity,
                 "val_accuracy": best.metrics["val_accuracy"],
                 "val_f1": best.metrics.get("val_f1"),
-                "test_accuracy": best.metrics["test_accuracy"],
-                "test_f1": best.metrics.get("test_f1"),
+                "test_accuracy": exported["test_accuracy"],
+                "test_f1": exported.get("test_f1"),
+                "candidate_test_accuracy": best.metrics["test_accuracy"],
+                "final_run_id": self.final.run_id if self.final is not None and self.final.ok else None,
                 "params": int(best.metrics["params"]),
                 "flops": int(best.metrics["flops"]),
                 "genome": best.genome.to_dict(),
@@ -655,12 +849,49 @@ class SearchRun:
                 "handoff_path": str(self.handoff) if self.handoff else None,
                 "registry": self.registration.to_dict() if self.registration else None,
             }
+        self._log_plots_and_report(summary)
+        self.timings["finish"] = time.monotonic() - finishing
+        summary["elapsed_seconds"] = round(time.monotonic() - self.started, 2)
+        summary["timings"] = {**{k: round(v, 3) for k, v in self.timings.items()}, "total": summary["elapsed_seconds"]}
+        self.tracker.log_metrics(self.run_id, {f"seconds_{k}": v for k, v in summary["timings"].items()})
         write_json_atomic(self.output / SUMMARY_FILE, summary)
         self.tracker.log_artifact(self.run_id, self.output / SUMMARY_FILE)
+        if (self.output / REPORT_FILE).is_file():
+            self.tracker.log_artifact(self.run_id, self.output / REPORT_FILE)
         self.tracker.set_tags(self.run_id, {"status": "ok" if summary["best"] else "failed"})
         if self.owns_run:
             self.tracker.end_run(self.run_id, summary["best"] is not None)
+        shutil.rmtree(self.output / CHECKPOINTS_DIR, ignore_errors=True)  # only needed to continue promoted runs
         return summary
+
+    def _proxy_summary(self) -> dict[str, Any] | None:
+        """The proxy's name, its rank correlation with validation accuracy on this search's data, and what it screened."""
+        if self.config.proxy == "none":
+            return None
+        first = [r for r in self.records if r.ok and r.origin != PROMOTION and r.proxy is not None]
+        return {
+            "name": self.config.proxy,
+            "keep": self.config.proxy_keep,
+            "rank_correlation": rank_correlation([r.proxy for r in first], [r.metrics["val_accuracy"] for r in first]),
+            "pairs": len(first),
+            "screened_out": len(self.screened),
+        }
+
+    def _log_plots_and_report(self, summary: dict[str, Any]) -> None:
+        """The search's PNGs (``plots/``) and the HTML report, on disk and on the parent run. Never fails the search."""
+        from nas_core.plots import search_plots
+        from nas_core.report import write_report
+
+        assert self.tracker is not None
+        try:
+            for path in search_plots(summary, self.output / PLOTS_DIR).values():
+                self.tracker.log_artifact(self.run_id, path, PLOTS_DIR)
+            write_json_atomic(self.output / SUMMARY_FILE, summary)  # the report reads it
+            write_report(self.output, self.output / REPORT_FILE)
+        except Exception as exc:
+            if is_transient(exc):
+                raise
+            warnings.warn(f"could not draw the search's plots or report: {type(exc).__name__}: {exc}", stacklevel=2)
 
 
 def set_torch_threads(workers: int) -> int:

@@ -144,6 +144,7 @@ class TrainResult:
     params: int = 0
     flops: int = 0
     train_seconds: float = 0.0
+    started_at: float = 0.0  # unix time when the epoch loop started (train_seconds later it ended)
     model: nn.Module | None = None
     state: TrainState | None = None
 
@@ -351,7 +352,7 @@ def fit(
         result.history = list(start.history)
     first_epoch = start.epoch + 1 if start is not None else 1
     nan = float("nan")
-    started = time.monotonic()
+    started, result.started_at = time.monotonic(), time.time()
     try:
         for epoch in range(first_epoch, config.epochs + 1):
             model.train()

@@ -1,11 +1,18 @@
-"""Shared fixtures: keep Prefect offline and its state in a temporary folder; temporary git projects."""
+"""Shared fixtures: keep Prefect offline and its state in a temporary folder; temporary git projects; a real
+``mlflow server``; a Chromium binary (installed with apt-get when missing)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
+import socket
 import subprocess
+import sys
 import tempfile
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -83,3 +90,119 @@ def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     waited: list[float] = []
     monkeypatch.setattr(tracking.time, "sleep", waited.append)
     return waited
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+class MlflowServer:
+    """``mlflow server`` on a SQLite backend, artifacts proxied into ``root/artifacts``; boots in the background."""
+
+    def __init__(self, root: Path) -> None:
+        self.root, self.log = root, root / "server.log"
+        self.process: subprocess.Popen | None = None
+        self.url = ""
+        self.problems: list[str] = []
+
+    def start(self) -> None:
+        self.url = f"http://127.0.0.1:{free_port()}"
+        command = [
+            sys.executable, "-m", "mlflow", "server",
+            "--backend-store-uri", f"sqlite:///{self.root}/server.db",
+            "--artifacts-destination", str(self.root / "artifacts"),
+            "--host", "127.0.0.1", "--port", self.url.rsplit(":", 1)[1],
+            "--workers", "1",
+        ]  # fmt: skip
+        # No GenAI job runner and its seven huey consumer processes: nothing here needs them.
+        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        env.pop("MLFLOW_TRACKING_URI", None)
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(
+                command, cwd=self.root, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+
+    def wait_ready(self, timeout: float = 90, attempts: int = 3) -> str:
+        """The server's URL once ``/health`` answers; a server that died (port taken meanwhile, say) is restarted."""
+        for attempt in range(attempts):
+            assert self.process is not None
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and self.process.poll() is None:
+                if _healthy(self.url):
+                    return self.url
+                time.sleep(0.3)
+            self.problems.append(f"{self.url}: exit code {self.process.poll()}")
+            self.stop()
+            if attempt < attempts - 1:
+                self.start()
+        tail = self.log.read_text(errors="replace")[-4000:]
+        raise RuntimeError(f"mlflow server did not come up ({'; '.join(self.problems)}):\n{tail}")
+
+    def stop(self) -> None:
+        """Stop the server and everything it started (uvicorn's worker): its whole process group."""
+        if self.process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(5)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)  # whatever is left of the group
+        self.process.wait(10)
+        self.process = None
+
+
+CHROMIUM_NAMES = ("chromium", "chromium-browser")
+
+
+def _which_chromium() -> str | None:
+    return next(filter(None, map(shutil.which, CHROMIUM_NAMES)), None)
+
+
+def _apt_install_chromium() -> str:
+    """Install Debian's ``chromium`` package; '' when apt-get succeeded, else why it could not."""
+    apt = shutil.which("apt-get")
+    if apt is None:
+        return "apt-get is not available"
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return "installing it with apt-get needs root"
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive", "LC_ALL": "C"}  # English messages, matched below
+    install = [apt, "install", "-y", "-q", "--no-install-recommends", "chromium"]
+    try:
+        done = subprocess.run(install, env=env, capture_output=True, text=True, timeout=900)
+        if done.returncode != 0 and ("Unable to locate package" in done.stderr or "no installation candidate" in done.stderr):
+            subprocess.run([apt, "update", "-q"], env=env, capture_output=True, text=True, timeout=600)  # no package lists yet
+            done = subprocess.run(install, env=env, capture_output=True, text=True, timeout=900)
+    except subprocess.TimeoutExpired as exc:
+        return f"'{' '.join(map(str, exc.cmd))}' timed out"
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines() or ["no output"]
+        return f"'apt-get install chromium' failed: {([line for line in lines if line.startswith('E:')] or lines)[-1]}"
+    return ""
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Path of a Chromium binary; Debian's ``chromium`` package is installed (as root, with apt-get) when missing."""
+    binary = _which_chromium()
+    why = "" if binary else _apt_install_chromium()
+    binary = binary or _which_chromium()
+    if binary is None:
+        why = why or "not on PATH after apt-get"
+        pytest.skip(f"Chromium is not installed and could not be installed ({why}); install it: apt-get install chromium")
+    try:
+        subprocess.run([binary, "--version"], capture_output=True, check=True, timeout=60)
+    except (OSError, subprocess.SubprocessError) as exc:
+        pytest.skip(f"Chromium at {binary} does not start ({type(exc).__name__}); install it: apt-get install chromium")
+    return binary

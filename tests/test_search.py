@@ -11,7 +11,9 @@ from nas_core.search import SearchRun
 
 
 def _run(project, **settings):
-    config = SearchConfig(project_dir=project, output=project / "out", epochs=1, population=2, budget=2, **settings)
+    config = SearchConfig(
+        **{"project_dir": project, "output": project / "out", "epochs": 1, "population": 2, "budget": 2, **settings}
+    )
     run = SearchRun(config, search_id="direct")
     run.prepare()
     while jobs := run.propose():
@@ -71,3 +73,19 @@ def test_space_options_only_reach_spaces_that_take_them(space):
 
     options = space_options(SearchConfig(space=space, min_nodes=3, max_nodes=4))
     assert options == ({"min_nodes": 3, "max_nodes": 4} if space == "image" else {})
+
+
+def test_a_zero_cost_proxy_screens_proposals_and_is_logged_on_every_run(project):
+    run = _run(project, budget=4, population=4, proxy="naswot", proxy_keep=0.5)
+    trained = [r.proxy for r in run.records]
+    screened = [s["proxy"] for s in run.screened]
+    assert len(trained) == 4 and len(screened) == 4, "8 proposals scored, the best half trained"
+    assert min(trained) >= max(screened)
+    client = MlflowClient(run.tracker.tracking_uri)
+    for record in run.records:
+        assert client.get_run(record.mlflow_run_id).data.metrics["proxy_naswot"] == record.proxy
+    summary = run.finish(None)
+    assert summary["proxy"]["name"] == "naswot" and summary["proxy"]["screened_out"] == 4
+    assert summary["proxy"]["pairs"] == sum(r.ok for r in run.records)
+    rho = summary["proxy"]["rank_correlation"]
+    assert rho is None or -1.0 <= rho <= 1.0

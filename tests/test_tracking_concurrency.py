@@ -7,17 +7,11 @@ The retry policy itself (``is_transient``/``_retry``) is unit-tested first.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import multiprocessing
 import os
-import signal
-import socket
 import sqlite3
-import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -32,7 +26,7 @@ from mlflow.tracking import MlflowClient
 
 from nas_core import tracking
 from nas_core.tracking import TAG_PREFIX, SearchTracker, _retry, is_transient
-from tests.conftest import Flaky
+from tests.conftest import Flaky, MlflowServer
 
 EXPERIMENT = "concurrency"
 WORKERS = 8
@@ -40,7 +34,6 @@ RUNS_PER_WORKER = 5
 STEPS = 10
 ARTIFACT = "result/result.json"
 BARRIER_TIMEOUT_S = 90
-SERVER_START_TIMEOUT_S = 90
 
 
 # ---- the retry policy ------------------------------------------------------------------------
@@ -258,76 +251,6 @@ def test_eight_processes_log_into_one_sqlite_store_without_losing_anything(pool,
 
 
 # ---- (b) a real tracking server --------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
-
-
-class MlflowServer:
-    """``mlflow server`` on a SQLite backend, artifacts proxied into ``root/artifacts``; boots in the background."""
-
-    def __init__(self, root: Path) -> None:
-        self.root, self.log = root, root / "server.log"
-        self.process: subprocess.Popen | None = None
-        self.url = ""
-        self.problems: list[str] = []
-
-    def start(self) -> None:
-        self.url = f"http://127.0.0.1:{_free_port()}"
-        command = [
-            sys.executable, "-m", "mlflow", "server",
-            "--backend-store-uri", f"sqlite:///{self.root}/server.db",
-            "--artifacts-destination", str(self.root / "artifacts"),
-            "--host", "127.0.0.1", "--port", self.url.rsplit(":", 1)[1],
-            "--workers", "1",
-        ]  # fmt: skip
-        # No GenAI job runner and its seven huey consumer processes: nothing here needs them.
-        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-        env.pop("MLFLOW_TRACKING_URI", None)
-        with self.log.open("ab") as out:
-            self.process = subprocess.Popen(
-                command, cwd=self.root, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-            )
-
-    def wait_ready(self, timeout: float = SERVER_START_TIMEOUT_S, attempts: int = 3) -> str:
-        """The server's URL once ``/health`` answers; a server that died (port taken meanwhile, say) is restarted."""
-        for attempt in range(attempts):
-            assert self.process is not None
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline and self.process.poll() is None:
-                if _healthy(self.url):
-                    return self.url
-                time.sleep(0.3)
-            self.problems.append(f"{self.url}: exit code {self.process.poll()}")
-            self.stop()
-            if attempt < attempts - 1:
-                self.start()
-        tail = self.log.read_text(errors="replace")[-4000:]
-        raise RuntimeError(f"mlflow server did not come up ({'; '.join(self.problems)}):\n{tail}")
-
-    def stop(self) -> None:
-        """Stop the server and everything it started (uvicorn's worker): its whole process group."""
-        if self.process is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(5)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)  # whatever is left of the group
-        self.process.wait(10)
-        self.process = None
 
 
 @pytest.fixture(scope="module")

@@ -17,12 +17,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,7 +30,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(REPO_ROOT))
 
-from benchmarks.common import environment  # noqa: E402
+from benchmarks.common import environment, median, nas_search, report_console, scratch_project  # noqa: E402
 
 TARGET_OVERHEAD = 0.05
 PACKAGES = ("torch", "prefect", "mlflow", "dvc", "onnx", "onnxruntime")
@@ -51,49 +47,6 @@ STAGES = (
     ("other", "other", "search time outside the stages above"),
 )
 SEARCH_STAGES = ("prepare", "propose", "candidates", "select", "export", "final", "finish")
-
-
-# ---- running searches (time_to_accuracy.py uses these too) ------------------------------------
-
-
-def scratch_project(root: Path) -> Path:
-    """A fresh git repository with the project's .gitignore and the digits data prepared and versioned."""
-    project = root / "project"
-    project.mkdir(parents=True)
-    subprocess.run(["git", "init", "-q", "-b", "main"], cwd=project, check=True)
-    (project / ".gitignore").write_text((REPO_ROOT / ".gitignore").read_text())
-    _nas(project, ["prepare", "--project-dir", str(project)], "nas prepare")
-    return project
-
-
-def _nas(project: Path, args: Sequence[str], what: str) -> float:
-    """Run ``nas ARGS`` in ``project``; its wall time in seconds. A failure stops the benchmark with its last line."""
-    env = {**os.environ, "PREFECT_HOME": str(project / ".prefect"), "PYTHONPATH": str(REPO_ROOT)}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    started = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=project, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - started
-    if proc.returncode != 0:
-        lines = (proc.stderr or proc.stdout).strip().splitlines() or ["(no output)"]
-        raise SystemExit(f"{what} failed (exit {proc.returncode}): {lines[-1]}")
-    return wall
-
-
-def nas_search(project: Path, output: Path, flags: Sequence[str]) -> tuple[dict[str, Any], float]:
-    """One ``nas search FLAGS`` into ``output``: its summary.json and the wall time measured around the process."""
-    wall = _nas(project, ["search", "--project-dir", str(project), "--output", str(output), "--quiet", *flags], "nas search")
-    return json.loads((output / "summary.json").read_text()), wall
-
-
-def report_console() -> Console:
-    """The console for result tables: the terminal's width, or 160 columns in a pipe or log (rich's default is 80)."""
-    return Console(width=None if sys.stdout.isatty() else 160)
-
-
-def median(values: Iterable[float | None]) -> float | None:
-    """The median of the values that are not None (None when there are none)."""
-    present = [v for v in values if v is not None]
-    return statistics.median(present) if present else None
 
 
 # ---- the breakdown of one run -------------------------------------------------------------------

@@ -14,11 +14,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -29,31 +26,15 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(REPO_ROOT))
 
-from benchmarks.common import environment  # noqa: E402
-
-
-def _scratch_project(root: Path) -> Path:
-    project = root / "project"
-    project.mkdir(parents=True)
-    subprocess.run(["git", "init", "-q", "-b", "main"], cwd=project, check=True)
-    (project / ".gitignore").write_text((REPO_ROOT / ".gitignore").read_text())
-    return project
+from benchmarks.common import environment, nas_search, scratch_project  # noqa: E402
 
 
 def run_search(project: Path, output: Path, runner: str, workers: int, args: argparse.Namespace) -> dict[str, Any]:
     """One ``nas search``; its summary plus the measured wall time."""
-    command = [sys.executable, "-m", "flows.cli", "search", "--project-dir", str(project), "--output", str(output),
-               "--budget", str(args.budget), "--epochs", str(args.epochs), "--population", str(args.population),
-               "--seed", str(args.seed), "--workers", str(workers), "--runner", runner, "--device", args.device,
-               "--candidates-per-gpu", str(args.candidates_per_gpu), "--quiet"]  # fmt: skip
-    env = {**os.environ, "PREFECT_HOME": str(project / ".prefect"), "PYTHONPATH": str(REPO_ROOT)}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    started = time.perf_counter()
-    proc = subprocess.run(command, cwd=project, env=env, capture_output=True, text=True, check=False)
-    wall = time.perf_counter() - started
-    if proc.returncode != 0:
-        raise SystemExit(f"search failed ({runner}, {workers} workers): {(proc.stderr or proc.stdout).strip().splitlines()[-1]}")
-    summary = json.loads((output / "summary.json").read_text())
+    flags = ["--budget", str(args.budget), "--epochs", str(args.epochs), "--population", str(args.population),
+             "--seed", str(args.seed), "--workers", str(workers), "--runner", runner, "--device", args.device,
+             "--candidates-per-gpu", str(args.candidates_per_gpu)]  # fmt: skip
+    summary, wall = nas_search(project, output, flags)
     return {
         "runner": runner,
         "workers": workers,
@@ -104,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     runners = args.runners.split(",")
     rows = []
     with tempfile.TemporaryDirectory(prefix="nas-parallel-") as tmp:
-        project = _scratch_project(Path(tmp))
+        project = scratch_project(Path(tmp), prepare=False)
         for runner in runners:
             for count in workers:
                 print(f"{runner}, {count} worker(s) ...", file=sys.stderr, flush=True)

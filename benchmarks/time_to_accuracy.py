@@ -31,8 +31,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(REPO_ROOT))
 
-from benchmarks.common import environment  # noqa: E402
-from benchmarks.overhead import median, nas_search, report_console, scratch_project  # noqa: E402
+from benchmarks.common import environment, median, nas_search, report_console, scratch_project  # noqa: E402
 
 TARGET_RATIO = 0.5
 PACKAGES = ("torch", "prefect", "mlflow", "optuna")

@@ -69,7 +69,6 @@ class CandidateJob:
     start_checkpoint: str | None = None  # multi-fidelity: continue from this saved training state
     keep_state: bool = False  # multi-fidelity: return the training state, to continue it if promoted
     proxy: tuple[str, float] | None = None  # the zero-cost proxy's name and score, logged on the run
-    plots: bool = True  # log the architecture diagram and learning curves as PNGs
 
     @property
     def fidelity(self) -> int:
@@ -205,8 +204,7 @@ def _train(job: CandidateJob, genome: Genome, space: SearchSpace, tracker: Searc
             outcome.state = result.state.to_dict()
         history = [dataclasses.asdict(m) for m in result.history]
         del result  # the model goes before the lease frees the device's memory
-    if job.plots:
-        log_plots(tracker, run_id, genome, history, job.run_name, dims=int(getattr(type(space), "input_ndim", 2)))
+    log_plots(tracker, run_id, genome, history, job.run_name, dims=int(getattr(type(space), "input_ndim", 2)))
 
 
 def log_plots(

@@ -99,7 +99,8 @@ def final_job(run: SearchRun) -> CandidateJob | None:
         "source_run_id": best.mlflow_run_id,
         "trained_on": run.config.final_splits,
     }
-    params = {**job.run_params, "train.train_splits": run.config.final_splits, "train.epochs": train.epochs}
+    settings = {f"train.{k}": v for k, v in vars(train).items() if k not in ("device", "train_splits")}
+    params = {**job.run_params, **settings, "train.train_splits": run.config.final_splits}
     return dataclasses.replace(
         job, train=train, run_name=f"final-{best.hash[:8]}", run_tags=tags, run_params=params, keep_state=False, proxy=None
     )

@@ -47,6 +47,21 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return make_project(tmp_path / "project")
 
 
+def search_directly(project: Path, search_id: str = "direct", **settings):
+    """A search driven by the library alone (no Prefect): prepare, then propose / train / record / select to the end."""
+    from nas_core.candidate import run_candidate
+    from nas_core.config import SearchConfig
+    from nas_core.search import SearchRun
+
+    run = SearchRun(SearchConfig(**{"project_dir": project, "output": project / "out", **settings}), search_id=search_id)
+    run.prepare()
+    while jobs := run.propose():
+        for job in jobs:
+            run.record(run_candidate(job))
+        run.select()
+    return run
+
+
 @pytest.fixture(scope="session")
 def digits(tmp_path_factory):
     """The real digits splits, prepared once for the session."""

@@ -3,6 +3,7 @@
 import pytest
 
 from nas_core.fidelity import Evaluation, Rungs, promotions
+from tests.conftest import search_directly
 
 
 @pytest.mark.parametrize(
@@ -63,18 +64,7 @@ def test_hyperband_brackets_compete_only_among_themselves():
 
 # ---- a real multi-fidelity search on digits (library side, no Prefect) -------------------------------------------
 def _search(project, **settings):
-    from nas_core.candidate import run_candidate
-    from nas_core.config import SearchConfig
-    from nas_core.search import SearchRun
-
-    config = SearchConfig(**{"project_dir": project, "output": project / "out", "population": 3, "workers": 1, **settings})
-    run = SearchRun(config, search_id="mf")
-    run.prepare()
-    while jobs := run.propose():
-        for job in jobs:
-            run.record(run_candidate(job))
-        run.select()
-    return run
+    return search_directly(project, "mf", **{"population": 3, "workers": 1, **settings})
 
 
 def test_successive_halving_promotes_the_best_and_continues_them_from_their_checkpoint(project, single_torch_thread):

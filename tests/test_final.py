@@ -9,19 +9,12 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from nas_core.candidate import run_candidate
-from nas_core.config import SearchConfig
 from nas_core.final import FINAL_ROLE, final_job, record_final
-from nas_core.search import SearchRun
+from tests.conftest import search_directly
 
 
 def test_the_winner_is_retrained_exported_and_linked_to_its_candidate(project, single_torch_thread):
-    config = SearchConfig(project_dir=project, output=project / "out", budget=2, population=2, epochs=1, final_epochs=2)
-    run = SearchRun(config, search_id="final")
-    run.prepare()
-    while jobs := run.propose():
-        for job in jobs:
-            run.record(run_candidate(job))
-        run.select()
+    run = search_directly(project, "final", budget=2, population=2, epochs=1, final_epochs=2)
     best = run.best()
     job = final_job(run)
     assert job.train.epochs == 2 and job.train.train_splits == ("train", "val") and job.hash == best.hash

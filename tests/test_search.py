@@ -5,22 +5,12 @@ import json
 import pytest
 from mlflow.tracking import MlflowClient
 
-from nas_core.candidate import run_candidate
 from nas_core.config import SearchConfig
-from nas_core.search import SearchRun
+from tests.conftest import search_directly
 
 
 def _run(project, **settings):
-    config = SearchConfig(
-        **{"project_dir": project, "output": project / "out", "epochs": 1, "population": 2, "budget": 2, **settings}
-    )
-    run = SearchRun(config, search_id="direct")
-    run.prepare()
-    while jobs := run.propose():
-        for job in jobs:
-            run.record(run_candidate(job))
-        run.select()
-    return run
+    return search_directly(project, **{"epochs": 1, "population": 2, "budget": 2, **settings})
 
 
 def test_genome_hyperparameters_drive_training_and_are_logged(project):

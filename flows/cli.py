@@ -280,6 +280,13 @@ def search(
     proxy_keep: Annotated[
         float | None, typer.Option(help="Train only this best-scoring share of proposals by --proxy (default: 1, all).")
     ] = None,
+    early_stop: Annotated[
+        str | None,
+        typer.Option(
+            help="Learning-curve early stopping: median (stop a candidate below the median curve of earlier ones, "
+            "from a quarter of the epochs on) or none (default)."
+        ),
+    ] = None,
     final_epochs: Annotated[
         int | None,
         typer.Option(help="Retrain the best for this many epochs (on train+val) before export (default: 0, export as trained)."),
@@ -324,6 +331,7 @@ def search(
         "max_params": max_params, "max_flops": max_flops, "data_root": data_root, "download": download or None,
         "fidelity": fidelity, "min_epochs": min_epochs, "max_epochs": max_epochs, "eta": eta, "schedule": schedule,
         "proxy": proxy, "proxy_keep": proxy_keep, "final_epochs": final_epochs, "augment": augment, "precision": precision,
+        "early_stop": early_stop,
     }  # fmt: skip
     if resume is not None:
         config, search_id = _resumed_config(resume, config_file, overrides, execution)

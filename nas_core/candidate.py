@@ -89,6 +89,7 @@ class CandidateOutcome:
     device: str = ""
     state: dict[str, Any] | None = None  # training state (TrainState.to_dict) when the job asked to keep it
     timing: dict[str, float] = field(default_factory=dict)  # train_started/train_ended: unix time around training
+    curve: list[float] = field(default_factory=list)  # validation accuracy per epoch (for early stopping)
 
     @property
     def ok(self) -> bool:
@@ -202,6 +203,9 @@ def _train(job: CandidateJob, genome: Genome, space: SearchSpace, tracker: Searc
             outcome.weights = {k: v.detach().cpu().clone() for k, v in result.model.state_dict().items()}
         if job.keep_state and result.state is not None:
             outcome.state = result.state.to_dict()
+        outcome.curve = [m.val_accuracy for m in result.history]
+        if result.stopped_at:
+            tracker.set_tags(run_id, {"early_stopped": result.stopped_at})
         history = [dataclasses.asdict(m) for m in result.history]
         del result  # the model goes before the lease frees the device's memory
     log_plots(tracker, run_id, genome, history, job.run_name, dims=int(getattr(type(space), "input_ndim", 2)))

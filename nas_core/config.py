@@ -86,6 +86,11 @@ class SearchConfig(BaseModel):
     proxy_keep: float = Field(
         1.0, gt=0, le=1, description="share of proposals trained: the best by the proxy (1: train all, log the score)"
     )
+    early_stop: Literal["none", "median"] = Field(
+        "none",
+        description="learning-curve early stopping: 'median' stops a candidate whose best validation accuracy after "
+        "an epoch is below the median of earlier candidates at that epoch (from a quarter of the epochs on)",
+    )
     final_epochs: int = Field(
         0, ge=0, description="retrain the best for this many epochs before export (0: export the best as trained)"
     )
@@ -191,8 +196,9 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
         raise ConfigError(f"min_nodes ({config.min_nodes}) must not exceed max_nodes ({config.max_nodes})")
     if config.fidelity == "epochs" and config.min_epochs > config.top_epochs:
         raise ConfigError(f"min_epochs ({config.min_epochs}) must not exceed max_epochs ({config.top_epochs})")
-    if config.table_path is not None and (config.fidelity != "none" or config.proxy != "none" or config.final_epochs):
-        raise ConfigError("the table evaluator looks results up: drop --fidelity, --proxy and --final-epochs")
+    looked_up = config.fidelity != "none" or config.proxy != "none" or config.final_epochs or config.early_stop != "none"
+    if config.table_path is not None and looked_up:
+        raise ConfigError("the table evaluator looks results up: drop --fidelity, --proxy, --early-stop and --final-epochs")
     if config.proxy == "none" and config.proxy_keep < 1:
         raise ConfigError("proxy_keep needs a proxy to rank proposals by (add --proxy naswot or --proxy synflow)")
     return config

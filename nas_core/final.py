@@ -78,6 +78,7 @@ def final_job(run: SearchRun) -> CandidateJob | None:
         epochs=run.config.final_epochs,
         schedule_epochs=None,
         train_splits=SPLITS[run.config.final_splits],
+        stop_below=(),
     )
     job = run.job_for(
         {

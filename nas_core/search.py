@@ -19,6 +19,7 @@ import math
 import os
 import secrets
 import shutil
+import statistics
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -57,6 +58,7 @@ TABLE_INPUT_SHAPE = (3, 32, 32)
 TABLE_NUM_CLASSES = 10
 SEARCH_FILE, STATE_FILE, WEIGHTS_FILE, SUMMARY_FILE = "search.json", "state.json", "best_weights.pt", "summary.json"
 CHECKPOINTS_DIR, PLOTS_DIR, REPORT_FILE = "checkpoints", "plots", "report.html"
+EARLY_STOP_CURVES = 3  # fewest earlier curves reaching an epoch before median early stopping judges that epoch
 PROMOTION = "promotion"  # the origin of a multi-fidelity evaluation that continues an architecture at a longer budget
 KILLED_REASON = "killed: the search stopped while this candidate was running; it was queued again on resume"
 
@@ -94,6 +96,7 @@ class CandidateRecord:
     proxy: float | None = None  # the zero-cost proxy's score at initialisation
     finished_seconds: float | None = None  # since the search (this process) started
     timing: dict[str, float] = field(default_factory=dict)  # train_started/train_ended (unix time)
+    curve: list[float] = field(default_factory=list)  # validation accuracy per epoch trained
 
     def __post_init__(self) -> None:
         self.hash = self.hash or self.genome.canonical_hash()
@@ -135,11 +138,18 @@ class CandidateRecord:
             "train_seconds": self.metrics.get("train_seconds"),
             "wall_seconds": self.metrics.get("wall_seconds"),
             **{k: self.timing.get(k) for k in ("train_started", "train_ended")},
+            "stopped_at_epoch": self.metrics.get("stopped_at_epoch"),
         }
 
     def checkpoint(self) -> dict[str, Any]:
         """Everything needed to restore the record after a crash (weights are saved separately)."""
-        return {**self.summary(), "genome": self.genome.to_dict(), "metrics": self.metrics, "timing": self.timing}
+        return {
+            **self.summary(),
+            "genome": self.genome.to_dict(),
+            "metrics": self.metrics,
+            "timing": self.timing,
+            "curve": self.curve,
+        }
 
     @classmethod
     def from_checkpoint(cls, data: dict[str, Any]) -> CandidateRecord:
@@ -149,6 +159,7 @@ class CandidateRecord:
             hash=data["hash"], fidelity=data["fidelity"], bracket=data.get("bracket", 0),
             promoted_from=data.get("promoted_from") or "", proxy=data.get("proxy"),
             finished_seconds=data.get("finished_seconds"), timing=dict(data.get("timing", {})),
+            curve=list(data.get("curve", [])),
         )  # fmt: skip
 
 
@@ -569,11 +580,15 @@ class SearchRun:
         """A self-contained job for one proposal: what to train, how, and where to log it."""
         assert self.tracker is not None and self.dataset is not None
         genome = Genome.from_dict(entry["genome"])
-        train = dataclasses.replace(self.train_config(genome), epochs=entry.get("fidelity", self.config.epochs))
+        train = dataclasses.replace(
+            self.train_config(genome),
+            epochs=entry.get("fidelity", self.config.epochs),
+            stop_below=self.stopping_curve(entry["generation"]),
+        )
         settings = (
             {"evaluator": self.config.evaluator}
             if self.table
-            else {f"train.{k}": v for k, v in vars(train).items() if k not in ("device", "train_splits")}
+            else {f"train.{k}": v for k, v in vars(train).items() if k not in ("device", "train_splits", "stop_below")}
         )
         parent_run_ids = [self.by_hash[h].mlflow_run_id for h in entry["parents"] if h in self.by_hash]
         table = (str(self.table.path), self.table.select_metric, self.table.report_metric) if self.table else None
@@ -623,6 +638,22 @@ class SearchRun:
             proxy=(self.config.proxy, entry["proxy"]) if entry.get("proxy") is not None else None,
         )
 
+    def stopping_curve(self, generation: int) -> tuple[float | None, ...]:
+        """Median early stopping: per epoch, the median validation accuracy of earlier generations' candidates
+        (None for the first quarter of the epochs and where fewer than 3 curves reach that epoch).
+
+        Only earlier generations count, so a generation's jobs (and a resumed search's) get the same thresholds.
+        """
+        if self.config.early_stop == "none":
+            return ()
+        curves = [r.curve for r in self.records if r.ok and r.curve and r.generation < generation]
+        grace = max(1, self.config.top_epochs // 4)
+        thresholds: list[float | None] = []
+        for epoch in range(1, self.config.top_epochs + 1):
+            values = [c[epoch - 1] for c in curves if len(c) >= epoch]
+            thresholds.append(statistics.median(values) if epoch > grace and len(values) >= EARLY_STOP_CURVES else None)
+        return tuple(thresholds)
+
     def _fidelity_tags(self, entry: dict[str, Any]) -> dict[str, Any]:
         if self.rungs is None or entry["fidelity"] not in self.rungs.epochs:
             return {}
@@ -649,6 +680,7 @@ class SearchRun:
             fidelity=entry.get("fidelity", self.config.epochs), bracket=entry.get("bracket", 0),
             promoted_from=entry.get("promoted_from", ""), proxy=entry.get("proxy"),
             finished_seconds=round(time.time() - self.started_at, 3), timing=dict(outcome.timing),
+            curve=list(outcome.curve),
         )  # fmt: skip
         if outcome.state is not None and outcome.ok:
             self._save_state(record, outcome.state)

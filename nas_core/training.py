@@ -40,6 +40,9 @@ class TrainConfig:
     and fp32 elsewhere; ``channels_last`` None is on for images on CUDA. ``augment`` (images only) shifts every
     image by up to one pixel each way, repeating its edge pixels; ``shift-flip`` also mirrors half of them.
     ``train_splits`` with ``val`` trains a final model on train+val: no per-epoch validation, val metrics NaN.
+    ``stop_below`` is learning-curve early stopping: after epoch ``e`` training stops (successfully, with
+    ``TrainResult.stopped_at = e``) when the best validation accuracy so far is below ``stop_below[e - 1]``
+    (None: no rule at that epoch); the search fills it with the median of earlier candidates' curves.
     """
 
     epochs: int = 12
@@ -57,9 +60,11 @@ class TrainConfig:
     channels_last: bool | None = None
     augment: Literal["none", "shift", "shift-flip"] = "none"
     train_splits: tuple[str, ...] = ("train",)
+    stop_below: tuple[float | None, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "train_splits", tuple(self.train_splits))  # lists from YAML/JSON configs
+        object.__setattr__(self, "stop_below", tuple(self.stop_below))
         if self.schedule_epochs is not None and self.schedule_epochs < self.epochs:
             raise ValueError(f"schedule_epochs ({self.schedule_epochs}) must be at least epochs ({self.epochs})")
         if self.precision not in PRECISIONS:
@@ -145,6 +150,7 @@ class TrainResult:
     flops: int = 0
     train_seconds: float = 0.0
     started_at: float = 0.0  # unix time when the epoch loop started (train_seconds later it ended)
+    stopped_at: int = 0  # the epoch at which learning-curve early stopping ended training (0: it did not)
     model: nn.Module | None = None
     state: TrainState | None = None
 
@@ -159,6 +165,7 @@ class TrainResult:
             "params": float(self.params),
             "flops": float(self.flops),
             "train_seconds": self.train_seconds,
+            **({"stopped_at_epoch": float(self.stopped_at)} if self.stopped_at else {}),
         }
         return {k: v for k, v in values.items() if not math.isnan(v)}
 
@@ -314,6 +321,13 @@ def _restore(
     generator.set_state(start.generator)
 
 
+def _below_curve(history: list[EpochMetrics], thresholds: tuple[float | None, ...]) -> bool:
+    """Whether the best validation accuracy so far is under the threshold for the last epoch."""
+    epoch = history[-1].epoch
+    threshold = thresholds[epoch - 1] if epoch <= len(thresholds) else None
+    return threshold is not None and max(m.val_accuracy for m in history) < threshold
+
+
 def fit(
     model: nn.Module,
     data: PreparedData,
@@ -390,6 +404,9 @@ def fit(
             result.history.append(metrics)
             if on_epoch is not None:
                 on_epoch(metrics)
+            if _below_curve(result.history, config.stop_below) and epoch < config.epochs:
+                result.stopped_at = epoch
+                break
     except CandidateFailed as exc:
         result.status, result.reason = "failed", str(exc)
     except torch.OutOfMemoryError as exc:
@@ -401,7 +418,7 @@ def fit(
         _, result.test_accuracy, result.test_f1 = evaluate(model, *tensors["test"], data.num_classes, amp_dtype)
         result.model = model.to(memory_format=torch.contiguous_format).cpu().eval()
         result.state = TrainState(
-            epoch=config.epochs,
+            epoch=result.history[-1].epoch,
             model=_to_cpu(model.state_dict()),
             optimizer=_to_cpu(optimizer.state_dict()),
             scheduler=scheduler.state_dict() if scheduler is not None else None,

@@ -79,3 +79,23 @@ def test_a_zero_cost_proxy_screens_proposals_and_is_logged_on_every_run(project)
     assert summary["proxy"]["pairs"] == sum(r.ok for r in run.records)
     rho = summary["proxy"]["rank_correlation"]
     assert rho is None or -1.0 <= rho <= 1.0
+
+
+def test_median_early_stopping_judges_later_generations_by_earlier_curves(project):
+    run = _run(project, budget=6, population=3, epochs=4, early_stop="median")
+    first = [r for r in run.records if r.generation == 1]
+    later = sorted((r for r in run.records if r.generation == 2), key=lambda r: r.index)
+    assert len(first) == 3 and len(later) == 3
+    assert all(len(r.curve) == 4 and "stopped_at_epoch" not in r.metrics for r in first), "nothing to compare with yet"
+    thresholds = run.stopping_curve(2)
+    assert thresholds[0] is None, "the first quarter of the epochs is never judged"
+    for epoch in (2, 3, 4):
+        assert thresholds[epoch - 1] == sorted(r.curve[epoch - 1] for r in first)[1]
+    client = MlflowClient(run.tracker.tracking_uri)
+    for record in later:
+        below = [e for e in (2, 3) if max(record.curve[:e]) < thresholds[e - 1]]
+        expected_stop = below[0] if below else None
+        assert record.metrics.get("stopped_at_epoch") == expected_stop, record.curve
+        assert len(record.curve) == (expected_stop or 4)
+        tags = client.get_run(record.mlflow_run_id).data.tags
+        assert tags.get("nas.early_stopped") == (str(expected_stop) if expected_stop else None)

@@ -382,3 +382,14 @@ def test_cuda_state_continues_on_cuda_and_on_cpu(small):
     assert resumed.model.stem[0].weight.device.type == "cpu" and resumed.model.stem[0].weight.is_contiguous()
     on_cpu = train_genome(good_genome(), small, dataclasses.replace(config, device="cpu"), start=first.state)
     assert on_cpu.status == "ok" and on_cpu.history[-1].train_loss < first.history[0].train_loss
+
+
+def test_learning_curve_early_stopping_ends_a_candidate_below_the_curve(digits):
+    config = TrainConfig(epochs=4, seed=0, stop_below=(None, 1.0, None, None))  # epoch 2's bar is out of reach
+    stopped = train_genome(good_genome(), digits, config)
+    assert stopped.status == "ok" and stopped.stopped_at == 2 and len(stopped.history) == 2
+    assert stopped.metrics()["stopped_at_epoch"] == 2.0 and stopped.state.epoch == 2
+    straight = train_genome(good_genome(), digits, TrainConfig(epochs=2, seed=0, schedule_epochs=4))
+    assert stopped.history == straight.history, "the epochs before the stop are trained as usual"
+    passing = train_genome(good_genome(), digits, TrainConfig(epochs=2, seed=0, stop_below=(0.0, 0.0)))
+    assert passing.stopped_at == 0 and len(passing.history) == 2 and "stopped_at_epoch" not in passing.metrics()

@@ -97,8 +97,10 @@ def nas_search(
             progress.stage(f"final training ({final.train.epochs} epochs)")
             with run.timed("final"), placement(run.config):
                 record_final_model(run, train_candidate.submit(final).result())
-        progress.stage("exporting ONNX")
-        report = export_onnx(run) if run.can_export() else None
+        report = None
+        if run.can_export():
+            progress.stage("exporting ONNX")
+            report = export_onnx(run)
         progress.stage("writing summary, plots and report")
         return run.finish(report)
     except BaseException as exc:

@@ -68,6 +68,8 @@ class FinalModel:
 
 def final_job(run: SearchRun) -> CandidateJob | None:
     """The job that retrains the search's best, or None (no final budget, nothing to export, or already done)."""
+    from nas_core.search import training_params  # the search imports this module
+
     best = run.best()
     if not run.config.final_epochs or best is None or best.weights is None:
         return None
@@ -100,8 +102,7 @@ def final_job(run: SearchRun) -> CandidateJob | None:
         "source_run_id": best.mlflow_run_id,
         "trained_on": run.config.final_splits,
     }
-    settings = {f"train.{k}": v for k, v in vars(train).items() if k not in ("device", "train_splits")}
-    params = {**job.run_params, **settings, "train.train_splits": run.config.final_splits}
+    params = {**job.run_params, **training_params(train), "train.train_splits": run.config.final_splits}
     return dataclasses.replace(
         job, train=train, run_name=f"final-{best.hash[:8]}", run_tags=tags, run_params=params, keep_state=False, proxy=None
     )

@@ -218,6 +218,11 @@ def space_options(config: SearchConfig) -> dict[str, Any]:
     return {k: v for k, v in {"min_nodes": config.min_nodes, "max_nodes": config.max_nodes}.items() if k in accepted}
 
 
+def training_params(train: TrainConfig) -> dict[str, Any]:
+    """A candidate's training settings as MLflow params (``train.*``); where and how it stops is logged elsewhere."""
+    return {f"train.{k}": v for k, v in vars(train).items() if k not in ("device", "train_splits", "stop_below")}
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON so that a reader (or a crash) never sees half a file."""
     tmp = path.with_name(f".{path.name}.tmp")
@@ -585,11 +590,7 @@ class SearchRun:
             epochs=entry.get("fidelity", self.config.epochs),
             stop_below=self.stopping_curve(entry["generation"]),
         )
-        settings = (
-            {"evaluator": self.config.evaluator}
-            if self.table
-            else {f"train.{k}": v for k, v in vars(train).items() if k not in ("device", "train_splits", "stop_below")}
-        )
+        settings = {"evaluator": self.config.evaluator} if self.table else training_params(train)
         parent_run_ids = [self.by_hash[h].mlflow_run_id for h in entry["parents"] if h in self.by_hash]
         table = (str(self.table.path), self.table.select_metric, self.table.report_metric) if self.table else None
         return CandidateJob(

@@ -196,12 +196,12 @@ def _train(job: CandidateJob, genome: Genome, space: SearchSpace, tracker: Searc
         outcome.device = device
         tracker.set_tags(run_id, {"device": device})
         train = dataclasses.replace(job.train, device=device)
-        result = train_genome(genome, data, train, on_epoch=log_epoch, build=space.build, start=start)
+        result = train_genome(genome, data, train, on_epoch=log_epoch, build=space.build, start=start, keep_state=job.keep_state)
         outcome.timing = {"train_started": result.started_at, "train_ended": result.started_at + result.train_seconds}
         outcome.status, outcome.reason, outcome.metrics = result.status, result.reason, result.metrics()
         if result.model is not None:
             outcome.weights = {k: v.detach().cpu().clone() for k, v in result.model.state_dict().items()}
-        if job.keep_state and result.state is not None:
+        if result.state is not None:
             outcome.state = result.state.to_dict()
         outcome.curve = [m.val_accuracy for m in result.history]
         if result.stopped_at:

@@ -334,12 +334,14 @@ def fit(
     config: TrainConfig,
     on_epoch: Callable[[EpochMetrics], None] | None = None,
     start: TrainState | None = None,
+    keep_state: bool = True,
 ) -> TrainResult:
     """Train ``model`` on ``config.train_splits``, validate every epoch (unless val is trained on), test once at the end.
 
     With ``start`` (a :attr:`TrainResult.state`) training continues from its epoch; ``on_epoch`` sees only the
-    new epochs and the history continues. Selection must only ever look at validation metrics; the test
-    figures are reported, never used.
+    new epochs and the history continues. ``keep_state=False`` skips copying the optimizer state back into
+    ``TrainResult.state`` (when nothing will continue the training). Selection must only ever look at
+    validation metrics; the test figures are reported, never used.
     """
     device = torch.device(config.device)
     channels_last = _check(config, data, device, start)
@@ -417,6 +419,7 @@ def fit(
         result.val_loss, result.val_accuracy, result.val_f1 = last.val_loss, last.val_accuracy, last.val_f1
         _, result.test_accuracy, result.test_f1 = evaluate(model, *tensors["test"], data.num_classes, amp_dtype)
         result.model = model.to(memory_format=torch.contiguous_format).cpu().eval()
+    if result.status == "ok" and keep_state:
         result.state = TrainState(
             epoch=result.history[-1].epoch,
             model=_to_cpu(model.state_dict()),
@@ -436,6 +439,7 @@ def train_genome(
     on_epoch: Callable[[EpochMetrics], None] | None = None,
     build: Callable[..., nn.Module] = build_model,
     start: TrainState | None = None,
+    keep_state: bool = True,
 ) -> TrainResult:
     """Build ``genome`` (``build(genome, shape, classes, mean, std)``) seeded by ``config.seed``, then :func:`fit` it.
 
@@ -444,4 +448,4 @@ def train_genome(
     with _INIT_LOCK:
         torch.manual_seed(config.seed)
         model = build(genome, data.input_shape, data.num_classes, data.mean, data.std)
-    return fit(model, data, config, on_epoch, start)
+    return fit(model, data, config, on_epoch, start, keep_state)

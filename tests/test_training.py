@@ -393,3 +393,10 @@ def test_learning_curve_early_stopping_ends_a_candidate_below_the_curve(digits):
     assert stopped.history == straight.history, "the epochs before the stop are trained as usual"
     passing = train_genome(good_genome(), digits, TrainConfig(epochs=2, seed=0, stop_below=(0.0, 0.0)))
     assert passing.stopped_at == 0 and len(passing.history) == 2 and "stopped_at_epoch" not in passing.metrics()
+
+
+def test_a_training_nobody_will_continue_keeps_no_state(digits):
+    kept = train_genome(good_genome(), digits, TrainConfig(epochs=1, seed=0))
+    skipped = train_genome(good_genome(), digits, TrainConfig(epochs=1, seed=0), keep_state=False)
+    assert kept.state is not None and skipped.state is None
+    assert skipped.history == kept.history and skipped.test_accuracy == kept.test_accuracy

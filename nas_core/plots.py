@@ -324,12 +324,7 @@ def best_so_far_png(candidates: Sequence[Mapping[str, Any]], path: Path) -> Path
         from matplotlib.ticker import MaxNLocator
 
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel(xlabel, fontsize=_FONT)
-    ax.set_ylabel("validation accuracy", fontsize=_FONT)
-    ax.tick_params(labelsize=_FONT - 1)
-    ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=_FONT - 1, loc="lower right", frameon=False)
+    _accuracy_axes(ax, xlabel)
     _title(figure, "search progress")
     return _save(figure, path)
 
@@ -340,16 +335,21 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     A point is dominated when another is at least as good in both and better in one; equal points are
     all kept. Points with a NaN or infinite coordinate are never on the front.
     """
+    from nas_core.strategies.multi_objective import non_dominated_sort  # NSGA-II's sort, on minimised objectives
+
     valid = [i for i, (c, a) in enumerate(points) if math.isfinite(c) and math.isfinite(a)]
-    valid.sort(key=lambda i: (points[i][0], -points[i][1]))
-    front: list[int] = []
-    best: tuple[float, float] | None = None  # the point with the highest accuracy so far (lowest cost among ties)
-    for i in valid:
-        cost, accuracy = points[i]
-        if best is None or accuracy > best[1] or (cost, accuracy) == best:
-            front.append(i)
-            best = (cost, accuracy)
-    return sorted(front)
+    fronts = non_dominated_sort([(points[i][0], -points[i][1]) for i in valid])
+    return sorted(valid[j] for j in fronts[0]) if fronts else []
+
+
+def _accuracy_axes(ax: Any, xlabel: str) -> None:
+    """Labels, ticks, grid and legend of a validation-accuracy chart."""
+    ax.set_xlabel(xlabel, fontsize=_FONT)
+    ax.set_ylabel("validation accuracy", fontsize=_FONT)
+    ax.tick_params(labelsize=_FONT - 1)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=_FONT - 1, loc="lower right", frameon=False)
 
 
 def _latest_per_architecture(candidates: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
@@ -382,12 +382,7 @@ def accuracy_vs_cost_png(candidates: Sequence[Mapping[str, Any]], path: Path, co
     costs = [p[0] for p in points] + failed
     if costs and min(costs) > 0 and max(costs) / min(costs) > 20:
         ax.set_xscale("log")
-    ax.set_xlabel(cost, fontsize=_FONT)
-    ax.set_ylabel("validation accuracy", fontsize=_FONT)
-    ax.tick_params(labelsize=_FONT - 1)
-    ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=_FONT - 1, loc="lower right", frameon=False)
+    _accuracy_axes(ax, cost)
     _title(figure, f"accuracy vs {cost}")
     return _save(figure, path)
 

@@ -365,14 +365,18 @@ _SEARCH_CAPTIONS = {
 
 
 def write_report(
-    output: Path, destination: Path | None = None, histories: Mapping[str, Sequence[Mapping[str, float]]] | None = None
+    output: Path,
+    destination: Path | None = None,
+    histories: Mapping[str, Sequence[Mapping[str, float]]] | None = None,
+    summary: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write the HTML report of the search in ``output`` (default ``output/report.html``); return its path.
 
     ``histories`` (MLflow run id -> per-epoch metric dicts, see :func:`fetch_histories`) adds learning curves.
+    ``summary`` is the search's summary when the caller has it (else ``output/summary.json`` is read).
     """
     output = Path(output)
-    summary = load_summary(output)
+    summary = load_summary(output) if summary is None else summary
     destination = Path(destination) if destination is not None else output / REPORT_FILE
     search_id = str(summary.get("search_id") or output.name)
     with tempfile.TemporaryDirectory(prefix="nas-report-") as scratch:

@@ -919,8 +919,7 @@ class SearchRun:
         try:
             for path in search_plots(summary, self.output / PLOTS_DIR).values():
                 self.tracker.log_artifact(self.run_id, path, PLOTS_DIR)
-            write_json_atomic(self.output / SUMMARY_FILE, summary)  # the report reads it
-            write_report(self.output, self.output / REPORT_FILE)
+            write_report(self.output, self.output / REPORT_FILE, summary=summary)
         except Exception as exc:
             if is_transient(exc):
                 raise

@@ -31,9 +31,9 @@ if str(REPO_ROOT) not in sys.path:  # run as a script from a checkout
 from benchmarks.common import environment  # noqa: E402
 from benchmarks.train_throughput import MID_GENOME, synthetic_cifar  # noqa: E402
 from nas_core.builder import build_model  # noqa: E402
+from nas_core.evaluation.proxies import PROXIES, proxy_score  # noqa: E402
+from nas_core.evaluation.training import TrainConfig, fit  # noqa: E402
 from nas_core.genome import Genome  # noqa: E402
-from nas_core.proxies import PROXIES, proxy_score  # noqa: E402
-from nas_core.training import TrainConfig, fit  # noqa: E402
 
 
 def _observe(model: torch.nn.Module) -> dict[str, Any]:

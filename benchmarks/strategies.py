@@ -37,7 +37,7 @@ if str(REPO_ROOT) not in sys.path:  # run as a script from a checkout
 
 from benchmarks.common import environment as common_environment  # noqa: E402
 from benchmarks.common import package_version  # noqa: E402
-from nas_core.evaluators import DEFAULT_REPORT_METRIC, DEFAULT_SELECT_METRIC, TableError, TableEvaluator  # noqa: E402
+from nas_core.evaluation.table import DEFAULT_REPORT_METRIC, DEFAULT_SELECT_METRIC, TableError, TableEvaluator  # noqa: E402
 from nas_core.spaces import create_space  # noqa: E402
 from nas_core.spaces.nb201 import EDGES, NB201_OPS, format_arch  # noqa: E402
 from nas_core.strategies import STRATEGIES, CandidateResult, create_strategy  # noqa: E402

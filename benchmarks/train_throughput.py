@@ -1,4 +1,4 @@
-"""Benchmark the trainer: samples per second of ``nas_core.training.fit`` vs a plain PyTorch loop.
+"""Benchmark the trainer: samples per second of ``nas_core.evaluation.training.fit`` vs a plain PyTorch loop.
 
 Both train the same network (a genome built by ``nas_core.builder.build_model`` from the same seed) on the
 same data, device, epochs, batch size, optimizer (AdamW) and cosine schedule, and validate once per epoch.
@@ -43,10 +43,10 @@ if str(REPO_ROOT) not in sys.path:  # run as a script from a checkout
 
 from benchmarks.common import environment  # noqa: E402
 from nas_core.builder import build_model  # noqa: E402
-from nas_core.data import PreparedData, load_prepared, prepare_dataset  # noqa: E402
+from nas_core.data.preparation import PreparedData, load_prepared, prepare_dataset  # noqa: E402
+from nas_core.evaluation.training import PRECISIONS, TrainConfig, fit  # noqa: E402
 from nas_core.genome import Genome  # noqa: E402
 from nas_core.spaces.image import ImageSpace  # noqa: E402
-from nas_core.training import PRECISIONS, TrainConfig, fit  # noqa: E402
 
 TARGETS = {"cpu": 1.0, "cuda": 1.3}
 

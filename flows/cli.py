@@ -7,7 +7,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import click
 import typer
@@ -15,7 +15,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from nas_core.gate import Gate, GateError, check_gates, check_unavailable, failure_line, parse_gates, write_markdown_summary
+from flows.settings import SearchCommand, given_settings, option_name
+
+if TYPE_CHECKING:
+    from nas_core.search.gate import Gate
+    from nas_core.search.summary import SearchSummary
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 EXIT_GATE = 3  # the search worked but its best candidate missed a --fail-under gate (CI)
@@ -67,30 +71,31 @@ def _check_writable(folder: Path) -> None:
 
 def _load_search_config(config_file: Path | None, overrides: dict[str, Any]):
     from nas_core.config import ConfigError, load_config
-    from nas_core.genome import Genome, GenomeError
 
-    try:
+    try:  # first: most bad settings are reported before anything imports torch
         config = load_config(config_file, overrides)
     except ConfigError as exc:
         raise UsageProblem(str(exc)) from None
     if not config.project_dir.is_dir():
         raise UsageProblem(f"project folder '{config.project_dir}' does not exist; pass --project-dir")
     if config.table_path is not None:
-        from nas_core.evaluators import TableError, TableEvaluator
+        from nas_core.evaluation.table import TableError, TableEvaluator
 
         try:
             TableEvaluator.load(config.table_path, config.select_metric, config.report_metric)
         except TableError as exc:
             raise UsageProblem(str(exc)) from None
     if config.init_genome is not None:
+        from nas_core.genome import Genome, GenomeError
+
         try:
             Genome.from_json(config.init_genome.read_text()).validate()
         except OSError as exc:
             raise UsageProblem(f"cannot read genome file {config.init_genome}: {exc.strerror}") from None
         except GenomeError as exc:
             raise UsageProblem(f"invalid genome in {config.init_genome}: {exc}") from None
-    from nas_core.data import DatasetError
-    from nas_core.search import fit_space_to_data
+    from nas_core.data.preparation import DatasetError
+    from nas_core.search.setup import fit_space_to_data
 
     try:  # the source is there and the space fits its inputs (no --space: image or sequence, by the data)
         config = fit_space_to_data(config)
@@ -100,88 +105,84 @@ def _load_search_config(config_file: Path | None, overrides: dict[str, Any]):
 
 
 def _check_not_a_search(folder: Path) -> None:
-    from nas_core.search import SEARCH_FILE
+    from nas_core.search.checkpoint import SEARCH_FILE
 
     if (folder / SEARCH_FILE).exists():
         raise UsageProblem(f"'{folder}' already holds a search; continue it with --resume {folder} or pass another --output")
 
 
-def _resumed_config(target: str, config_file: Path | None, overrides: dict[str, Any], execution: dict[str, Any]):
-    """The saved config of the search to resume, with the execution flags given now."""
-    from pydantic import ValidationError
+def _resumed_config(target: str, config_file: Path | None, overrides: dict[str, Any]):
+    """The saved config of the search to resume, with the execution settings given now."""
+    from nas_core.config import EXECUTION_SETTINGS, ConfigError, config_from
+    from nas_core.search.checkpoint import ResumeError, read_saved_search
+    from nas_pipeline.pipeline import find_search_output
 
-    from nas_core.config import SearchConfig
-    from nas_core.search import ResumeError, find_search_output, read_saved_search
-
-    given = [f"--{k.replace('_', '-')}" for k, v in overrides.items() if v is not None and k != "project_dir"]
+    given = [option_name(k) for k in overrides if k not in EXECUTION_SETTINGS and k != "project_dir"]
     if config_file is not None or given:
         flags = ", ".join(["--config"] * (config_file is not None) + given)
         raise UsageProblem(f"--resume continues the saved settings; drop {flags} (only execution flags such as --workers apply)")
+    execution = {k: v for k, v in overrides.items() if k in EXECUTION_SETTINGS}
     try:
         folder = find_search_output(target, overrides.get("project_dir") or Path("."))
         saved = read_saved_search(folder)
-        config = SearchConfig(**{**saved["config"], **{k: v for k, v in execution.items() if v is not None}, "output": folder})
-    except ResumeError as exc:
+        config = config_from({**saved["config"], **execution, "output": folder})
+    except (ResumeError, ConfigError) as exc:
         raise UsageProblem(str(exc)) from None
-    except ValidationError as exc:
-        from nas_core.config import _one_line
-
-        raise UsageProblem(_one_line(exc)) from None
     if (folder / "summary.json").exists():
         raise UsageProblem(f"search {saved['search_id']} in '{folder}' already finished (summary.json exists); nothing to resume")
     return config, saved["search_id"]
 
 
 def _with_default_workers(config):
-    """On GPUs, unless workers was set: one candidate per GPU slot (GPUs x candidates per GPU)."""
-    from nas_core.devices import DeviceError, trains_on_gpus, visible_devices
+    """On GPUs, unless --workers was given: one candidate per GPU slot (see ``nas_core.config.with_default_workers``)."""
+    from nas_core.config import ConfigError, with_default_workers
 
-    remote = config.runner == "dask" and bool(config.dask_address)
     try:
-        gpus = trains_on_gpus(config.device, remote_cluster=remote)
-    except DeviceError as exc:
+        return with_default_workers(config)
+    except ConfigError as exc:
         raise UsageProblem(str(exc)) from None
-    if "workers" not in config.model_fields_set and gpus and not remote:
-        return config.model_copy(update={"workers": len(visible_devices(config.device)) * config.candidates_per_gpu})
-    return config
 
 
-def _print_summary(summary: dict[str, Any]) -> None:
-    best = summary["best"]
-    table = Table(title=f"search {summary['search_id']}", show_header=False)
-    table.add_row("dataset", f"{summary['dataset']['name']} (version {summary['dataset']['version']})")
-    ok = sum(c["status"] == "ok" for c in summary["candidates"])
-    table.add_row("candidates", f"{len(summary['candidates'])} trained, {ok} ok, {len(summary['candidates']) - ok} failed")
-    table.add_row("elapsed", f"{summary['elapsed_seconds']:.1f} s")
+def _print_summary(summary: SearchSummary) -> None:
+    best, ok, total = summary.best, summary.ok_candidates, len(summary.candidates)
+    table = Table(title=f"search {summary.search_id}", show_header=False)
+    table.add_row("dataset", f"{summary.dataset['name']} (version {summary.dataset['version']})")
+    table.add_row("candidates", f"{total} trained, {ok} ok, {total - ok} failed")
+    table.add_row("elapsed", f"{summary.elapsed_seconds:.1f} s")
     if best:
-        table.add_row("best", f"{best['hash'][:12]}  val_acc {best['val_accuracy']:.4f}  test_acc {best['test_accuracy']:.4f}")
-        table.add_row("size", f"{best['params']:,} params, {best['flops']:,} FLOPs")
-        if best["onnx_path"]:
-            table.add_row("ONNX model", f"{best['onnx_path']} (max |diff| vs PyTorch {best['onnx_max_abs_diff']:.2e})")
-    table.add_row("MLflow", f"experiment '{summary['mlflow_experiment']}', parent run {summary['mlflow_run_id']}")
+        test = f"{best.test_accuracy:.4f}" if best.test_accuracy is not None else "none"
+        table.add_row("best", f"{best.hash[:12]}  val_acc {best.val_accuracy:.4f}  test_acc {test}")
+        table.add_row("size", f"{best.params:,} params, {best.flops:,} FLOPs")
+        if best.onnx_path:
+            table.add_row("ONNX model", f"{best.onnx_path} (max |diff| vs PyTorch {best.onnx_max_abs_diff:.2e})")
+    table.add_row("MLflow", f"experiment '{summary.mlflow_experiment}', parent run {summary.mlflow_run_id}")
     Console().print(table)
-    print(f"summary: {Path(summary['output']) / 'summary.json'}")
-    if not best or best["onnx_path"]:
-        print(f"ONNX model: {best['onnx_path'] if best else '(none: every candidate failed)'}")
-    if best and best.get("final_run_id"):
-        final = summary["final"]
+    print(f"summary: {summary.folder / 'summary.json'}")
+    if not best or best.onnx_path:
+        print(f"ONNX model: {best.onnx_path if best else '(none: every candidate failed)'}")
+    if best and best.final_run_id and summary.final:
+        final = summary.final
         print(f"final model: retrained {final['epochs']} epochs on {final['trained_on']}, test_acc {final['test_accuracy']:.4f}")
-    if (Path(summary["output"]) / "report.html").is_file():
-        print(f"report: {Path(summary['output']) / 'report.html'}")
-    if best and best.get("handoff_path"):
-        print(f"handoff bundle: {best['handoff_path']} (model.onnx, model_card.md, predict.py)")
-    if best and best.get("registry"):
-        reg = best["registry"]
+    if (summary.folder / "report.html").is_file():
+        print(f"report: {summary.folder / 'report.html'}")
+    if best and best.handoff_path:
+        print(f"handoff bundle: {best.handoff_path} (model.onnx, model_card.md, predict.py)")
+    if best and best.registry:
+        reg = best.registry
         print(f"model registry: {reg['model_uri']}, {'champion' if reg['promoted'] else 'not promoted'} ({reg['reason']})")
-    print(f"MLflow runs: {summary['mlflow_ui']}")
+    print(f"MLflow runs: {summary.mlflow_ui}")
 
 
 def _parse_gates(texts: list[str] | None, summary_md: Path | None) -> list[Gate]:
     """The ``--fail-under`` gates; a malformed gate or an unusable ``--summary-md`` path is bad input."""
-    try:
-        gates = parse_gates(texts)
-    except GateError as exc:
-        raise UsageProblem(str(exc)) from None
+    gates: list[Gate] = []
+    if texts:
+        from nas_core.search.gate import GateError, parse_gates
+
+        try:
+            gates = parse_gates(texts)
+        except GateError as exc:
+            raise UsageProblem(str(exc)) from None
     if summary_md is not None:
         if summary_md.is_dir():
             raise UsageProblem(f"--summary-md '{summary_md}' is a folder; pass a file name such as summary.md")
@@ -192,18 +193,24 @@ def _parse_gates(texts: list[str] | None, summary_md: Path | None) -> list[Gate]
 
 
 def _check_gate_metrics(gates: list[Gate], table_evaluator: bool) -> None:
+    if not gates:
+        return
+    from nas_core.search.gate import GateError, check_unavailable
+
     try:
         check_unavailable(gates, table_evaluator)
     except GateError as exc:
         raise UsageProblem(str(exc)) from None
 
 
-def _gate_and_markdown(summary: dict[str, Any], gates: list[Gate], summary_md: Path | None) -> int:
+def _gate_and_markdown(summary: SearchSummary, gates: list[Gate], summary_md: Path | None) -> int:
     """Write the Markdown summary, then the exit code: 1 when nothing trained, 3 when a gate missed, else 0."""
+    from nas_core.search.gate import check_gates, failure_line, write_markdown_summary
+
     checks = check_gates(gates, summary) if gates else None
     if summary_md is not None:
         print(f"Markdown summary: {write_markdown_summary(summary_md.absolute(), summary, checks, base=Path.cwd())}")
-    if summary["best"] is None:
+    if summary.best is None:
         console.print("error: every candidate failed; see the failure_reason tags of the runs in MLflow")
         return EXIT_FAILED
     if checks and not all(c.passed for c in checks):
@@ -214,88 +221,11 @@ def _gate_and_markdown(summary: dict[str, Any], gates: list[Gate], summary_md: P
     return EXIT_OK
 
 
-@app.command()
+@app.command(cls=SearchCommand)
 def search(
-    config_file: Annotated[Path | None, typer.Option("--config", help="YAML file of settings (flags override it).")] = None,
-    dataset: Annotated[
-        str | None,
-        typer.Option(help="Dataset: digits (default), mnist, fashion-mnist, cifar10, imagefolder:PATH or npz:PATH."),
-    ] = None,
-    data_root: Annotated[
-        Path | None, typer.Option(help="Folder with torchvision's files (MNIST/raw/..., cifar-10-batches-py/...).")
-    ] = None,
-    download: Annotated[
-        bool, typer.Option("--download", help="Download mnist, fashion-mnist or cifar10 into --data-root.")
-    ] = False,
-    strategy: Annotated[
-        str | None, typer.Option(help="Search strategy: random, evolution, genetic, local, bo or nsga2 (default: evolution).")
-    ] = None,
-    budget: Annotated[int | None, typer.Option(help="Candidates to train (default: 20).")] = None,
-    epochs: Annotated[int | None, typer.Option(help="Training epochs per candidate (default: 12).")] = None,
-    population: Annotated[int | None, typer.Option(help="Candidates per generation (default: 8).")] = None,
-    workers: Annotated[
-        int | None, typer.Option(help="Candidates trained in parallel (default: one per core, at most 8).")
-    ] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed for proposals and training (default: 0).")] = None,
-    output: Annotated[Path | None, typer.Option(help="Output folder (default: outputs/<search id>).")] = None,
-    project_dir: Annotated[Path | None, typer.Option(help="Folder with data.dvc, data/, mlflow.db (default: .).")] = None,
-    experiment: Annotated[str | None, typer.Option(help="MLflow experiment (default: nas-<dataset>).")] = None,
-    init_genome: Annotated[Path | None, typer.Option(help="Genome JSON to evaluate first.")] = None,
-    candidate_timeout: Annotated[float | None, typer.Option(help="Seconds before a candidate is stopped.")] = None,
-    space: Annotated[
-        str | None, typer.Option(help="Search space: image, sequence or nb201 (default: image, or sequence for N x C x L data).")
-    ] = None,
-    evaluator: Annotated[
-        str | None, typer.Option(help="'train' (default) or 'table:PATH' to look candidates up in a benchmark table.")
-    ] = None,
-    select_metric: Annotated[str | None, typer.Option(help="Table column to select on (default: val_acc_200).")] = None,
-    report_metric: Annotated[str | None, typer.Option(help="Table column to report (default: test_acc_200).")] = None,
-    max_params: Annotated[int | None, typer.Option(help="Only propose architectures with at most this many parameters.")] = None,
-    max_flops: Annotated[int | None, typer.Option(help="Only propose architectures with at most this many FLOPs.")] = None,
-    runner: Annotated[str | None, typer.Option(help="Where candidates train: threads (default), processes, or dask.")] = None,
-    dask_address: Annotated[
-        str | None, typer.Option(help="Scheduler address of a running Dask cluster (with --runner dask; none: a local one).")
-    ] = None,
-    device: Annotated[
-        str | None, typer.Option(help="auto (GPUs when visible, default), cpu, cuda, or visible GPU indices like 0,1.")
-    ] = None,
-    candidates_per_gpu: Annotated[int | None, typer.Option(help="Candidates sharing one GPU at once (default: 1).")] = None,
-    fidelity: Annotated[
-        str | None,
-        typer.Option(
-            help="'epochs': multi-fidelity search: many candidates get --min-epochs, the best 1/--eta are promoted to "
-            "eta times longer (continuing from their checkpoint) up to --max-epochs. Default: none (all get --epochs)."
-        ),
-    ] = None,
-    min_epochs: Annotated[int | None, typer.Option(help="Multi-fidelity: epochs of the first rung (default: 2).")] = None,
-    max_epochs: Annotated[int | None, typer.Option(help="Multi-fidelity: epochs of the last rung (default: --epochs).")] = None,
-    eta: Annotated[int | None, typer.Option(help="Multi-fidelity: promote the best 1/eta of a rung (default: 3).")] = None,
-    schedule: Annotated[
-        str | None, typer.Option(help="Multi-fidelity: halving (default) or hyperband (brackets starting at every rung).")
-    ] = None,
-    proxy: Annotated[
-        str | None,
-        typer.Option(help="Zero-cost proxy scored on every proposal before training: synflow or naswot (default: none)."),
-    ] = None,
-    proxy_keep: Annotated[
-        float | None, typer.Option(help="Train only this best-scoring share of proposals by --proxy (default: 1, all).")
-    ] = None,
-    early_stop: Annotated[
-        str | None,
-        typer.Option(
-            help="Learning-curve early stopping: median (stop a candidate below the median curve of earlier ones, "
-            "from a quarter of the epochs on) or none (default)."
-        ),
-    ] = None,
-    final_epochs: Annotated[
-        int | None,
-        typer.Option(help="Retrain the best for this many epochs (on train+val) before export (default: 0, export as trained)."),
-    ] = None,
-    augment: Annotated[
-        str | None, typer.Option(help="Augmentation on the training device: none (default), shift or shift-flip.")
-    ] = None,
-    precision: Annotated[
-        str | None, typer.Option(help="auto (default: bf16/fp16 autocast on GPU, fp32 on CPU), fp32, bf16 or fp16.")
+    ctx: typer.Context,
+    config_file: Annotated[
+        Path | None, typer.Option("--config", help="YAML file of settings named as below (max_epochs: 4); flags override it.")
     ] = None,
     resume: Annotated[
         str | None,
@@ -317,31 +247,21 @@ def search(
 ) -> int:
     """Run an architecture search; writes OUTPUT/model.onnx and OUTPUT/summary.json.
 
-    Exit codes: 0 success; 1 the search failed; 2 bad input (nothing written); 3 the best missed a --fail-under gate.
+    Settings come from their defaults, then the --config file, then the flags given here (--max-epochs is the
+    file's max_epochs). Exit codes: 0 success; 1 the search failed; 2 bad input (nothing written); 3 the best
+    missed a --fail-under gate.
     """
     gates = _parse_gates(fail_under, summary_md)  # before anything is written or searched
-    execution = {
-        "workers": workers, "runner": runner, "dask_address": dask_address, "device": device,
-        "candidates_per_gpu": candidates_per_gpu, "candidate_timeout": candidate_timeout,
-    }  # fmt: skip
-    overrides = {
-        "dataset": dataset, "strategy": strategy, "budget": budget, "epochs": epochs, "population": population,
-        "seed": seed, "output": output, "project_dir": project_dir, "experiment": experiment, "init_genome": init_genome,
-        "space": space, "evaluator": evaluator, "select_metric": select_metric, "report_metric": report_metric,
-        "max_params": max_params, "max_flops": max_flops, "data_root": data_root, "download": download or None,
-        "fidelity": fidelity, "min_epochs": min_epochs, "max_epochs": max_epochs, "eta": eta, "schedule": schedule,
-        "proxy": proxy, "proxy_keep": proxy_keep, "final_epochs": final_epochs, "augment": augment, "precision": precision,
-        "early_stop": early_stop,
-    }  # fmt: skip
+    overrides = given_settings(ctx)
     if resume is not None:
-        config, search_id = _resumed_config(resume, config_file, overrides, execution)
+        config, search_id = _resumed_config(resume, config_file, overrides)
         config = _with_default_workers(config)
         _check_gate_metrics(gates, config.table_path is not None)
         out = Path(config.output)
     else:
-        config = _with_default_workers(_load_search_config(config_file, {**overrides, **execution}))
+        config = _with_default_workers(_load_search_config(config_file, overrides))
         _check_gate_metrics(gates, config.table_path is not None)
-        from nas_core.search import new_search_id
+        from nas_core.search.setup import new_search_id
 
         search_id = new_search_id()
         out = (config.output or Path("outputs") / search_id).resolve()
@@ -360,8 +280,12 @@ def search(
         f"{'resuming search' if resume else 'search'} {search_id}: {config.strategy} on {config.dataset}, "
         f"{plan}, {config.workers} in parallel ({config.runner}) -> {out}"
     )
-    summary = search_flow(config)(
-        config.model_dump(mode="json"), search_id=search_id, show_progress=not quiet, resume=resume is not None
+    from nas_core.search.summary import SearchSummary
+
+    summary = SearchSummary.from_dict(
+        search_flow(config)(
+            config.model_dump(mode="json"), search_id=search_id, show_progress=not quiet, resume=resume is not None
+        )
     )
     _print_summary(summary)
     return _gate_and_markdown(summary, gates, summary_md)
@@ -381,12 +305,12 @@ def prepare(
     ] = False,
 ) -> int:
     """Prepare a dataset under data/, track it with DVC (data.dvc) and push it to the DVC remote."""
-    from nas_core.data import DatasetError, inspect_source
-    from nas_core.search import prepare_and_version
+    from nas_core.data.preparation import DatasetError, inspect_source
+    from nas_pipeline.dvc_versioning import DvcDataStore
 
     try:
         inspect_source(dataset, data_root, download)
-        ref = prepare_and_version(dataset, project_dir, data_root, download)
+        ref = DvcDataStore(project_dir).prepare(dataset, data_root, download)
     except DatasetError as exc:
         raise UsageProblem(str(exc)) from None
     print(f"prepared {ref.name} in {ref.path}; dataset version {ref.version} (data.dvc)")
@@ -424,7 +348,7 @@ def deploy(
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
     _prefect_environment(config.project_dir)  # before anything imports prefect
     from flows import deployments as dep
-    from nas_core.tracking import resolve_tracking_uri, ui_command
+    from nas_pipeline.mlflow_tracking import resolve_tracking_uri, ui_command
 
     name, pool = name or dep.DEFAULT_NAME, pool or dep.DEFAULT_POOL
     try:
@@ -461,8 +385,9 @@ def export(
     project_dir: Annotated[Path, typer.Option(help="Project whose MLflow store knows the search id (default: .).")] = Path("."),
 ) -> int:
     """Write a finished search's handoff bundle (model.onnx, model card, predict.py); the search is only read."""
-    from nas_core.handoff import HandoffError, export_search
-    from nas_core.search import ResumeError, find_search_output
+    from nas_core.search.checkpoint import ResumeError
+    from nas_pipeline.handoff import HandoffError, export_search
+    from nas_pipeline.pipeline import find_search_output
 
     if Path(search).is_dir() and not (Path(search) / "search.json").is_file():
         raise UsageProblem(f"'{search}' holds no search (no search.json); pass a finished search's output folder or its id")
@@ -498,9 +423,10 @@ def report(
     project_dir: Annotated[Path, typer.Option(help="Project whose MLflow store knows the search id (default: .).")] = Path("."),
 ) -> int:
     """Write a finished search's report: one self-contained HTML file with plots, curves and every candidate."""
-    from nas_core.report import ReportError, curve_run_ids, fetch_histories, load_summary, write_report
-    from nas_core.search import ResumeError, find_search_output
-    from nas_core.tracking import resolve_tracking_uri
+    from nas_core.search.checkpoint import ResumeError
+    from nas_pipeline.mlflow_tracking import resolve_tracking_uri
+    from nas_pipeline.pipeline import find_search_output
+    from nas_pipeline.report import ReportError, curve_run_ids, fetch_histories, load_summary, write_report
 
     if Path(search).is_dir() and not (Path(search) / "search.json").is_file():
         raise UsageProblem(f"'{search}' holds no search (no search.json); pass a finished search's output folder or its id")
@@ -511,7 +437,7 @@ def report(
         summary = load_summary(folder)
     except (ResumeError, ReportError) as exc:
         raise UsageProblem(str(exc)) from None
-    uri = summary.get("mlflow_tracking_uri") or resolve_tracking_uri(project_dir)
+    uri = summary.mlflow_tracking_uri or resolve_tracking_uri(project_dir)
     try:
         with _fail_fast_mlflow():
             histories = fetch_histories(uri, curve_run_ids(summary))
@@ -535,6 +461,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except _USAGE_ERRORS as exc:
         message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        message = message.replace(": Value error, ", ": ")  # typer >= 0.22 words a bad choice so
         if message:  # empty when the help was shown instead of running (no arguments)
             console.print(f"error: {escape(message)} (see --help)")
         return EXIT_USAGE
@@ -547,8 +474,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         if os.environ.get("NAS_DEBUG"):
             raise
-        from nas_core.data import DatasetError
-        from nas_core.versioning import VersioningError
+        from nas_core.data.preparation import DatasetError
+        from nas_pipeline.dvc_versioning import VersioningError
 
         if isinstance(exc, (VersioningError, DatasetError)):  # its message already says what to do
             console.print(f"error: {escape(str(exc))}")

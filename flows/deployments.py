@@ -16,7 +16,7 @@ from uuid import UUID
 from prefect import flow, get_run_logger
 from prefect.schedules import Cron, Schedule
 
-from nas_core.config import ConfigError, SearchConfig, load_config
+from nas_core.config import ConfigError, SearchConfig, load_config, with_default_workers
 
 REPO_DIR = Path(__file__).resolve().parents[1]
 ENTRYPOINT = "flows/deployments.py:scheduled_search"  # relative to REPO_DIR, the deployment's working directory
@@ -93,27 +93,28 @@ def scheduled_search(config: dict[str, Any] | None = None, config_file: str | No
 
     Settings: the YAML ``config_file`` (read when the run starts, relative to the working directory), then ``config``.
     """
-    from flows.cli import _with_default_workers  # the same worker count as `nas search` (GPUs x candidates per GPU)
     from flows.search import search_flow
-    from nas_core.search import new_search_id
+    from nas_core.search.setup import new_search_id
+    from nas_core.search.summary import SearchSummary
 
     search_id = new_search_id()
-    settings = _with_default_workers(run_settings(config, config_file, search_id))
+    settings = with_default_workers(run_settings(config, config_file, search_id))  # as `nas search`: GPUs x candidates/GPU
     logger = get_run_logger()
     logger.info(
         "search %s: %s on %s, %d candidates x %d epochs, %d in parallel (%s) -> %s",
         search_id, settings.strategy, settings.dataset, settings.budget, settings.epochs, settings.workers,
         settings.runner, settings.output,
     )  # fmt: skip
-    summary = search_flow(settings)(settings.model_dump(mode="json"), search_id=search_id, show_progress=False)
-    best = summary["best"]
+    result = search_flow(settings)(settings.model_dump(mode="json"), search_id=search_id, show_progress=False)
+    summary = SearchSummary.from_dict(result)
+    best = summary.best
     if best is None:
         raise RuntimeError(f"search {search_id}: every candidate failed; see the failure_reason tags of its runs in MLflow")
     logger.info(
         "search %s: best %s val_acc %.4f; summary %s; MLflow: %s",
-        search_id, best["hash"][:12], best["val_accuracy"], Path(summary["output"]) / "summary.json", summary["mlflow_ui"],
+        search_id, best.hash[:12], best.val_accuracy, summary.folder / "summary.json", summary.mlflow_ui,
     )  # fmt: skip
-    return summary
+    return result
 
 
 def api_url() -> str:

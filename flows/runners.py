@@ -9,7 +9,7 @@ from typing import Any
 from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
 
 from nas_core.config import SearchConfig
-from nas_core.devices import trains_on_gpus
+from nas_core.evaluation.devices import trains_on_gpus
 
 GPU_RESOURCE = "GPU"  # start Dask workers with `--resources GPU=<gpus on that worker>`
 

@@ -1,19 +1,23 @@
-"""The search configuration: defaults, a YAML file, then command-line flags, validated by pydantic."""
+"""The search configuration: defaults, a YAML file, then command-line flags, validated by pydantic.
+
+``SearchConfig`` is the one place a setting is declared: its field name is the YAML key, the Prefect and MLflow
+parameter name and (with dashes) the ``nas search`` flag; its default and description are what ``nas search
+--help`` and the docs show. The registries (datasets, spaces, strategies) are imported only when a value is
+checked, so that importing this module stays cheap for the command line.
+"""
 
 from __future__ import annotations
 
 import difflib
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from nas_core.data import check_dataset_name, dataset_folder
 from nas_core.hparams import check_choices
-from nas_core.spaces import SPACES
-from nas_core.strategies import STRATEGIES
 
 
 class ConfigError(ValueError):
@@ -31,39 +35,57 @@ class SearchConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     dataset: str = Field("digits", description="dataset: digits, mnist, fashion-mnist, cifar10, imagefolder:PATH or npz:PATH")
-    data_root: Path | None = Field(None, description="folder with torchvision's files for mnist, fashion-mnist, cifar10")
+    data_root: Path | None = Field(
+        None,
+        description="folder with torchvision's files (MNIST/raw/..., cifar-10-batches-py/...) for mnist, fashion-mnist, cifar10",
+    )
     download: bool = Field(False, description="download mnist, fashion-mnist or cifar10 into data_root when missing")
-    strategy: str = Field("evolution", description="search strategy")
-    space: str = Field("image", description="search space")
+    strategy: str = Field("evolution", description="search strategy: random, evolution, genetic, local, nsga2 or bo")
+    space: str = Field(
+        "image", description="search space: image, nb201 or sequence (when not set: image, or sequence for N x C x L data)"
+    )
     budget: int = Field(20, ge=1, description="number of candidates to train")
     epochs: int = Field(12, ge=1, description="training epochs per candidate")
     population: int = Field(8, ge=1, description="candidates per generation (and evolution's population)")
-    workers: int = Field(default_factory=default_workers, ge=1, description="candidates trained in parallel")
-    runner: Literal["threads", "processes", "dask"] = Field(
-        "threads", description="where candidates train: threads or processes of this machine, or a Dask cluster"
+    workers: int = Field(
+        default_factory=default_workers,
+        ge=1,
+        description="candidates trained in parallel (default: one per core, at most 8; on GPUs one per GPU slot, "
+        "GPUs x candidates_per_gpu)",
     )
-    dask_address: str | None = Field(None, description="scheduler address of an existing Dask cluster (runner dask)")
+    runner: Literal["threads", "processes", "dask"] = Field(
+        "threads", description="where candidates train: threads or processes of this machine, or dask (a Dask cluster)"
+    )
+    dask_address: str | None = Field(
+        None, description="scheduler address of an existing Dask cluster (runner dask; when not set: a local cluster)"
+    )
     device: str = Field("auto", description="'auto' (GPUs when visible), 'cpu', 'cuda' or visible GPU indices like '0,1'")
     candidates_per_gpu: int = Field(1, ge=1, description="candidates sharing one GPU at once")
-    seed: int = Field(0, description="seed for proposals and training")
+    seed: int = Field(0, description="seed for proposals and training (same settings and seed: same proposals)")
     output: Path | None = Field(None, description="output folder (default: outputs/<search id>)")
     project_dir: Path = Field(Path("."), description="project folder holding data.dvc, data/ and mlflow.db")
     experiment: str | None = Field(None, description="MLflow experiment (default: nas-<dataset>)")
-    batch_size: int = Field(64, ge=1)
-    optimizer: Literal["adam", "adamw", "sgd"] = "adamw"
-    lr: float = Field(0.005, gt=0)
-    weight_decay: float = Field(1e-4, ge=0)
-    candidate_timeout: float | None = Field(None, gt=0, description="seconds before a candidate is stopped")
+    batch_size: int = Field(64, ge=1, description="training batch size")
+    optimizer: Literal["adam", "adamw", "sgd"] = Field("adamw", description="training optimizer: adam, adamw or sgd")
+    lr: float = Field(0.005, gt=0, description="learning rate (at the start of a cosine schedule)")
+    weight_decay: float = Field(1e-4, ge=0, description="weight decay of the optimizer")
+    candidate_timeout: float | None = Field(
+        None, gt=0, description="seconds before a candidate is stopped and recorded as failed (when not set: no limit)"
+    )
     min_nodes: int = Field(2, ge=1, description="fewest ops in a genome")
     max_nodes: int = Field(6, ge=1, description="most ops in a genome")
     init_genome: Path | None = Field(None, description="genome JSON file to evaluate first")
     evaluator: str = Field("train", description="'train' (real training) or 'table:PATH' (a tabular benchmark)")
     select_metric: str = Field("val_acc_200", description="table column used to select (table evaluator)")
     report_metric: str = Field("test_acc_200", description="table column reported, never used to select")
-    max_params: int | None = Field(None, ge=1, description="only propose architectures with at most this many parameters")
-    max_flops: int | None = Field(None, ge=1, description="only propose architectures with at most this many FLOPs")
+    max_params: int | None = Field(
+        None, ge=1, description="only propose architectures with at most this many parameters (every strategy honours it)"
+    )
+    max_flops: int | None = Field(
+        None, ge=1, description="only propose architectures with at most this many FLOPs (every strategy honours it)"
+    )
     hparams: dict[str, list[Any]] | None = Field(
-        None, description="training hyperparameters searched with the architecture, e.g. {lr: [0.001, 0.01]}"
+        None, description="training hyperparameters searched with the architecture: a YAML mapping such as {lr: [0.001, 0.01]}"
     )
     augment: Literal["none", "shift", "shift-flip"] = Field(
         "none", description="augmentation on the training device: none, shift (1 pixel) or shift-flip (images only)"
@@ -72,7 +94,9 @@ class SearchConfig(BaseModel):
         "auto", description="training precision: auto (bf16/fp16 autocast on GPU, fp32 on CPU), fp32, bf16 or fp16"
     )
     fidelity: Literal["none", "epochs"] = Field(
-        "none", description="'epochs': multi-fidelity search (successive halving over epochs); 'none': all get `epochs`"
+        "none",
+        description="'epochs': multi-fidelity search: many candidates get min_epochs, the best 1/eta of a rung are promoted "
+        "to eta times the epochs (continuing from their checkpoint) up to max_epochs; 'none': all get epochs",
     )
     min_epochs: int = Field(2, ge=1, description="multi-fidelity: epochs of the first rung")
     max_epochs: int | None = Field(None, ge=1, description="multi-fidelity: epochs of the last rung (default: epochs)")
@@ -81,20 +105,23 @@ class SearchConfig(BaseModel):
         "halving", description="multi-fidelity: successive halving, or hyperband (brackets starting at every rung)"
     )
     proxy: Literal["none", "synflow", "naswot"] = Field(
-        "none", description="zero-cost proxy scored on every proposal at initialisation (logged on its run)"
+        "none",
+        description="zero-cost proxy scored on every proposal at initialisation: none, synflow or naswot (logged on its run)",
     )
     proxy_keep: float = Field(
         1.0, gt=0, le=1, description="share of proposals trained: the best by the proxy (1: train all, log the score)"
     )
     early_stop: Literal["none", "median"] = Field(
         "none",
-        description="learning-curve early stopping: 'median' stops a candidate whose best validation accuracy after "
+        description="learning-curve early stopping: none, or 'median': stop a candidate whose best validation accuracy after "
         "an epoch is below the median of earlier candidates at that epoch (from a quarter of the epochs on)",
     )
     final_epochs: int = Field(
-        0, ge=0, description="retrain the best for this many epochs before export (0: export the best as trained)"
+        0, ge=0, description="retrain the best for this many epochs (on final_splits) before export (0: export it as trained)"
     )
-    final_splits: Literal["train+val", "train"] = Field("train+val", description="what the final training trains on")
+    final_splits: Literal["train+val", "train"] = Field(
+        "train+val", description="what the final training trains on: train+val or train"
+    )
 
     @field_validator("hparams")
     @classmethod
@@ -118,17 +145,23 @@ class SearchConfig(BaseModel):
     @field_validator("dataset")
     @classmethod
     def _known_dataset(cls, value: str) -> str:
+        from nas_core.data.preparation import check_dataset_name
+
         check_dataset_name(value)
         return value
 
     @field_validator("strategy")
     @classmethod
     def _known_strategy(cls, value: str) -> str:
+        from nas_core.strategies import STRATEGIES
+
         return _known("strategy", value, STRATEGIES)
 
     @field_validator("space")
     @classmethod
     def _known_space(cls, value: str) -> str:
+        from nas_core.spaces import SPACES
+
         return _known("space", value, SPACES)
 
     @property
@@ -138,15 +171,69 @@ class SearchConfig(BaseModel):
 
     @property
     def experiment_name(self) -> str:
+        """The MLflow experiment: ``experiment``, else ``nas-<dataset folder>`` (``nas-<table name>`` for a table)."""
+        from nas_core.data.preparation import dataset_folder
+
         default = f"nas-{self.table_path.stem}" if self.table_path else f"nas-{dataset_folder(self.dataset)}"
         return self.experiment or default
 
 
-EXECUTION_SETTINGS = ("workers", "runner", "dask_address", "device", "candidates_per_gpu", "candidate_timeout")
+SETTING_GROUPS: dict[str, tuple[str, ...]] = {
+    "Data": ("dataset", "data_root", "download"),
+    "Search": ("strategy", "space", "budget", "population", "seed", "init_genome", "min_nodes", "max_nodes",
+               "max_params", "max_flops"),
+    "Training": ("epochs", "batch_size", "optimizer", "lr", "weight_decay", "hparams", "augment", "precision"),
+    "Fast evaluation": ("fidelity", "min_epochs", "max_epochs", "eta", "schedule", "proxy", "proxy_keep", "early_stop"),
+    "Tabular benchmark": ("evaluator", "select_metric", "report_metric"),
+    "Final model": ("final_epochs", "final_splits"),
+    "Execution": ("workers", "runner", "dask_address", "device", "candidates_per_gpu", "candidate_timeout"),
+    "Output and tracking": ("output", "project_dir", "experiment"),
+}  # fmt: skip
+"""Every setting once, by topic, in the order ``nas search --help`` and the settings table show them."""
+
+EXECUTION_SETTINGS = SETTING_GROUPS["Execution"]
 """Settings that say how a search runs, not what it searches: the only ones a resume may change."""
 
 
-def _known(kind: str, value: str, registry: dict[str, Any]) -> str:
+def default_text(name: str) -> str | None:
+    """The default of setting ``name`` as help and docs show it (YAML spelling); None when its description says."""
+    field = SearchConfig.model_fields[name]
+    if field.default_factory is not None or field.default is None:
+        return None
+    if isinstance(field.default, bool):
+        return "true" if field.default else "false"
+    return str(field.default)
+
+
+def settings_table_markdown() -> str:
+    """Every setting as a Markdown table (setting, default, description), grouped as in ``SETTING_GROUPS``."""
+    rows = ["| Setting | Default | Description |", "| --- | --- | --- |"]
+    for names in SETTING_GROUPS.values():
+        for name in names:
+            default = default_text(name)
+            description = (SearchConfig.model_fields[name].description or "").replace("|", "\\|")
+            rows.append(f"| `{name}` | {f'`{default}`' if default is not None else ''} | {description} |")
+    return "\n".join(rows) + "\n"
+
+
+def with_default_workers(config: SearchConfig) -> SearchConfig:
+    """On GPUs, unless ``workers`` was set: one candidate per GPU slot (GPUs x ``candidates_per_gpu``).
+
+    A ``device`` that names no usable GPU is a ConfigError.
+    """
+    from nas_core.evaluation.devices import DeviceError, trains_on_gpus, visible_devices
+
+    remote = config.runner == "dask" and bool(config.dask_address)
+    try:
+        gpus = trains_on_gpus(config.device, remote_cluster=remote)
+    except DeviceError as exc:
+        raise ConfigError(str(exc)) from None
+    if "workers" not in config.model_fields_set and gpus and not remote:
+        return config.model_copy(update={"workers": len(visible_devices(config.device)) * config.candidates_per_gpu})
+    return config
+
+
+def _known(kind: str, value: str, registry: Mapping[str, Any]) -> str:
     if value not in registry:
         raise ValueError(f"unknown {kind} '{value}'; choose one of: {', '.join(sorted(registry))}")
     return value
@@ -161,6 +248,21 @@ def _one_line(error: ValidationError) -> str:
         hint = f"did you mean '{close[0]}'?" if close else f"known settings: {', '.join(SearchConfig.model_fields)}"
         return f"unknown setting '{where}' ({hint})"
     return f"{where}: {message}"
+
+
+def config_from(values: dict[str, Any]) -> SearchConfig:
+    """``SearchConfig(**values)``; invalid values are a one-line ConfigError naming the setting."""
+    try:
+        return SearchConfig(**values)
+    except ValidationError as exc:
+        raise ConfigError(_one_line(exc)) from None
+
+
+def _table_space(space: str) -> bool:
+    """Whether ``space``'s genomes are table keys (it has ``arch_string``)."""
+    from nas_core.spaces import SPACES
+
+    return hasattr(SPACES[space](), "arch_string")
 
 
 def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> SearchConfig:
@@ -184,11 +286,8 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
             raise ConfigError(f"config file {path}: setting names must be text, got {bad_keys[0]!r}")
         values.update(loaded or {})
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    try:
-        config = SearchConfig(**values)
-    except ValidationError as exc:
-        raise ConfigError(_one_line(exc)) from None
-    if config.table_path is not None and not hasattr(SPACES[config.space](), "arch_string"):
+    config = config_from(values)
+    if config.table_path is not None and not _table_space(config.space):
         raise ConfigError("the table evaluator needs a space whose genomes are table keys; add --space nb201")
     if config.dask_address and config.runner != "dask":
         raise ConfigError("dask_address needs runner 'dask' (add --runner dask)")

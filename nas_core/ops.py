@@ -1,13 +1,13 @@
 """The op registry: each op name maps to its allowed settings and a module factory.
 
-Ops build 2D modules for image feature maps (N, C, H, W); ops that also have a 1D version (``conv``,
-``sepconv``, ``maxpool``, ``avgpool``, ``identity``) build Conv1d/MaxPool1d/AvgPool1d/BatchNorm1d modules
-for sequences (N, C, L) under the same name and settings, so one genome format serves both.
+Ops build 2D modules for image feature maps (N, C, H, W); ops registered with ``sequence=True`` (``conv``,
+``sepconv``, ``maxpool``, ``avgpool``, ``identity``) also build Conv1d/MaxPool1d/AvgPool1d/BatchNorm1d modules
+for sequences (N, C, L) under the same name and settings, so one genome format serves both. ``input`` and
+``output`` are registered too, as graph markers without a module.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,8 +15,11 @@ from typing import Any
 
 from torch import nn
 
+from nas_core.registry import Registry
+
 INPUT_OP = "input"
 OUTPUT_OP = "output"
+MARKERS = (INPUT_OP, OUTPUT_OP)  # graph nodes that build no module
 CHANNEL_RANGE = (1, 1024)
 
 
@@ -38,11 +41,17 @@ class OpSpec:
 
     def build(self, in_channels: int, settings: dict[str, Any], dims: int = 2) -> nn.Module:
         """The module for inputs with ``dims`` spatial dimensions (2: images, 1: sequences)."""
+        if self.factory is None and self.factory_1d is None:
+            raise OpSettingsError(f"op '{self.name}' is a graph marker: it builds no module")
         factory = {2: self.factory, 1: self.factory_1d}.get(dims)
         if factory is None:
             kind = {2: "2D (image)", 1: "1D (sequence)"}.get(dims, f"{dims}D")
             raise OpSettingsError(f"op '{self.name}' has no {kind} version")
         return factory(in_channels, settings)
+
+    def __call__(self, in_channels: int, settings: dict[str, Any], dims: int = 2) -> nn.Module:
+        """Same as :meth:`build`: an op spec is the registry's factory."""
+        return self.build(in_channels, settings, dims)
 
     def out_channels(self, in_channels: int, settings: dict[str, Any]) -> int:
         return int(settings.get("channels", in_channels))
@@ -51,21 +60,23 @@ class OpSpec:
         return int(settings.get("stride", 1))
 
 
-OPS: dict[str, OpSpec] = {}
+OPS: Registry[OpSpec] = Registry("op")
+for _marker in MARKERS:
+    OPS.add(_marker, OpSpec(_marker, {}, None))
 
 
-def register_op(name: str, **settings: tuple[Any, ...] | None):
-    """Register a module factory ``(in_channels, settings) -> nn.Module`` under ``name``."""
+def register_op(name: str, *, sequence: bool = False, **settings: tuple[Any, ...] | None):
+    """Register a module factory ``(in_channels, settings) -> nn.Module`` under ``name`` with its allowed ``settings``.
 
-    def decorate(factory: Callable[[int, dict[str, Any]], nn.Module]):
-        OPS[name] = OpSpec(name, settings, factory)
+    With ``sequence`` the factory also takes ``dims``; called with ``dims=1`` it builds the op for sequences.
+    """
+
+    def decorate(factory: Callable[..., nn.Module]):
+        factory_1d = functools.partial(factory, dims=1) if sequence else None
+        OPS.add(name, OpSpec(name, settings, factory, factory_1d))
         return factory
 
     return decorate
-
-
-OPS[INPUT_OP] = OpSpec(INPUT_OP, {}, None)
-OPS[OUTPUT_OP] = OpSpec(OUTPUT_OP, {}, None)
 
 
 def check_op(name: str, settings: dict[str, Any]) -> None:
@@ -89,9 +100,16 @@ def check_op(name: str, settings: dict[str, Any]) -> None:
             raise OpSettingsError(f"op '{name}': {key}={value!r} must be one of {list(allowed)}")
 
 
-def register_1d(name: str, factory: Callable[[int, dict[str, Any]], nn.Module]) -> None:
-    """Give the registered op ``name`` a 1D (sequence) version built by ``factory``."""
-    OPS[name] = dataclasses.replace(OPS[name], factory_1d=factory)
+def create_op(name: str, in_channels: int, settings: dict[str, Any] | None = None, dims: int = 2) -> nn.Module:
+    """The module of op ``name`` for ``in_channels`` input channels; ``settings`` are checked first."""
+    settings = {} if settings is None else settings
+    check_op(name, settings)
+    return OPS[name].build(in_channels, settings, dims)
+
+
+def list_ops() -> list[str]:
+    """Every registered op name (the ``input`` and ``output`` markers first), in registration order."""
+    return OPS.names()
 
 
 # modules by number of spatial dimensions
@@ -109,13 +127,13 @@ def _conv_bn_relu(in_ch: int, out_ch: int, kernel: int, stride: int, groups: int
     ]
 
 
-@register_op("conv", kernel=(1, 3, 5, 7), channels=None, stride=(1, 2))
+@register_op("conv", sequence=True, kernel=(1, 3, 5, 7), channels=None, stride=(1, 2))
 def conv(in_ch: int, s: dict[str, Any], dims: int = 2) -> nn.Module:
     """Convolution, batch norm, ReLU."""
     return nn.Sequential(*_conv_bn_relu(in_ch, s["channels"], s["kernel"], s["stride"], dims=dims))
 
 
-@register_op("sepconv", kernel=(3, 5, 7), channels=None, stride=(1, 2))
+@register_op("sepconv", sequence=True, kernel=(3, 5, 7), channels=None, stride=(1, 2))
 def sepconv(in_ch: int, s: dict[str, Any], dims: int = 2) -> nn.Module:
     """Depthwise-separable convolution: depthwise k x k (or k), then pointwise 1 x 1 (or 1)."""
     k = s["kernel"]
@@ -123,27 +141,22 @@ def sepconv(in_ch: int, s: dict[str, Any], dims: int = 2) -> nn.Module:
     return nn.Sequential(depthwise, *_conv_bn_relu(in_ch, s["channels"], 1, 1, dims=dims))
 
 
-@register_op("maxpool", kernel=(3,), stride=(1, 2))
+@register_op("maxpool", sequence=True, kernel=(3,), stride=(1, 2))
 def maxpool(in_ch: int, s: dict[str, Any], dims: int = 2) -> nn.Module:
     """Max pooling; keeps the channel count."""
     return MAX_POOL[dims](s["kernel"], stride=s["stride"], padding=s["kernel"] // 2)
 
 
-@register_op("avgpool", kernel=(3,), stride=(1, 2))
+@register_op("avgpool", sequence=True, kernel=(3,), stride=(1, 2))
 def avgpool(in_ch: int, s: dict[str, Any], dims: int = 2) -> nn.Module:
     """Average pooling (padding excluded from the mean); keeps the channel count."""
     return AVG_POOL[dims](s["kernel"], stride=s["stride"], padding=s["kernel"] // 2, count_include_pad=False)
 
 
-@register_op("identity")
-def identity(in_ch: int, s: dict[str, Any]) -> nn.Module:
+@register_op("identity", sequence=True)
+def identity(in_ch: int, s: dict[str, Any], dims: int = 2) -> nn.Module:
     """Skip connection: passes its (merged) input through."""
     return nn.Identity()
-
-
-for _factory in (conv, sepconv, maxpool, avgpool):
-    register_1d(_factory.__name__, functools.partial(_factory, dims=1))
-register_1d("identity", identity)
 
 
 # NAS-Bench-201 edge ops (Dong & Yang, 2020): channel-preserving, stride 1, ReLU-Conv-BN order.

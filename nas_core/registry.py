@@ -1,244 +1,66 @@
-"""MLflow model registry: a search's best model as an ONNX model version, and the ``champion`` alias.
+"""A name -> factory registry: what makes ops, spaces, strategies, sources, proxies and evaluators plain strings.
 
-Each dataset has one registered model, ``nas-<dataset>``. Every exported search adds a version (logged with
-``mlflow.onnx.log_model`` under the search's parent run, with a signature and an input example). The
-``champion`` alias moves to the new version only when its validation accuracy (the selection metric, never a
-test metric) is strictly higher than the champion's on the same dataset version; otherwise the version stays
-registered with the reason in its ``nas.not_promoted_reason`` tag.
+Configs, flags and Prefect parameters name an entry; ``create(name, ...)`` builds it, and an unknown name is a
+``ValueError`` that lists the known ones. A registry is a read-only mapping (``REG[name]``, ``name in REG``,
+``sorted(REG)``) iterated in registration order; entries are added with ``@REG.register(name)`` and never
+replaced, so two modules cannot silently claim the same name.
 """
 
 from __future__ import annotations
 
-import os
-import re
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Generic, TypeVar
 
-import numpy as np
-
-from nas_core.tracking import TAG_PREFIX, _retry
-
-if TYPE_CHECKING:
-    from mlflow.tracking import MlflowClient
-
-    from nas_core.search import SearchRun
-
-REGISTERED_MODEL_PREFIX = "nas-"
-CHAMPION_ALIAS = "champion"
-MODEL_ARTIFACT_NAME = "registered-model"
-INPUT_EXAMPLE_SIZE = 5
-# mlflow.onnx.log_model reads the process-wide tracking URI; one registration at a time in this process also keeps
-# "read the champion, register, move the alias" from interleaving (across processes it is not atomic).
-_REGISTRY_LOCK = threading.Lock()
+T = TypeVar("T")
 
 
-def registered_model_name(dataset: str) -> str:
-    """The registered model that holds every search's best model on ``dataset`` (``npz:a/b.npz`` -> ``nas-npz-a-b.npz``)."""
-    return REGISTERED_MODEL_PREFIX + re.sub(r"[^A-Za-z0-9._-]+", "-", dataset).strip("-")
+class Registry(Mapping[str, T], Generic[T]):
+    """A read-only mapping name -> factory, filled by the ``register`` decorator."""
 
+    def __init__(self, kind: str) -> None:
+        self.kind = kind  # what an entry is, for messages: "op", "search space", ...
+        self._entries: dict[str, T] = {}
 
-@dataclass(frozen=True)
-class ModelFacts:
-    """What the registry needs to know about a model to tag it and compare it with the champion."""
+    def add(self, name: str, entry: T) -> T:
+        """Register ``entry`` under ``name``; a name already taken is a ValueError."""
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"a {self.kind} name must be a non-empty string, got {name!r}")
+        if name in self._entries:
+            raise ValueError(f"{self.kind} '{name}' is already registered")
+        self._entries[name] = entry
+        return entry
 
-    dataset: str
-    dataset_version: str
-    search_id: str
-    hash: str
-    val_accuracy: float
-    test_accuracy: float
+    def register(self, name: str) -> Callable[[T], T]:
+        """Decorator: register the decorated factory (a class or function) under ``name``, unchanged."""
 
-    def tags(self) -> dict[str, str]:
-        return {f"{TAG_PREFIX}{k}": str(v) for k, v in asdict(self).items()}
+        def decorate(entry: T) -> T:
+            return self.add(name, entry)
 
+        return decorate
 
-@dataclass(frozen=True)
-class Champion:
-    """The version the ``champion`` alias points at, as its tags describe it."""
+    def lookup(self, name: str) -> T:
+        """The entry registered as ``name``, or a ValueError that lists the known names."""
+        try:
+            return self._entries[name]
+        except (KeyError, TypeError):
+            raise ValueError(f"unknown {self.kind} '{name}' (known: {', '.join(sorted(self._entries))})") from None
 
-    version: str
-    dataset_version: str | None
-    val_accuracy: float | None
+    def create(self, name: str, /, *args: Any, **kwargs: Any) -> Any:
+        """Call the factory registered as ``name`` with the given arguments."""
+        return self.lookup(name)(*args, **kwargs)  # type: ignore[operator]
 
+    def names(self) -> list[str]:
+        """The registered names, in registration order."""
+        return list(self._entries)
 
-@dataclass(frozen=True)
-class Registration:
-    """The outcome of registering one model: its version and whether it became the champion, and why."""
+    def __getitem__(self, name: str) -> T:
+        return self._entries[name]
 
-    name: str
-    version: str
-    model_uri: str
-    promoted: bool
-    reason: str
-    champion_version: str  # the champion after this registration
-    previous_champion_version: str | None
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"alias": CHAMPION_ALIAS, **asdict(self)}
+    def __len__(self) -> int:
+        return len(self._entries)
 
-
-def decide(facts: ModelFacts, champion: Champion | None) -> tuple[bool, str]:
-    """Whether a model with ``facts`` replaces ``champion``, and the reason either way."""
-    if champion is None:
-        return True, "first model registered: there was no champion"
-    ours = f"val_accuracy {facts.val_accuracy:.6g}"
-    if champion.dataset_version != facts.dataset_version:
-        return False, (
-            f"dataset version {facts.dataset_version} differs from champion version {champion.version}'s "
-            f"({champion.dataset_version or 'unknown'}): validation accuracies are not comparable"
-        )
-    if champion.val_accuracy is None:
-        return False, f"champion version {champion.version} has no {TAG_PREFIX}val_accuracy tag to compare with"
-    theirs = f"champion version {champion.version}'s {champion.val_accuracy:.6g} on the same dataset version"
-    if facts.val_accuracy > champion.val_accuracy:
-        return True, f"{ours} beats {theirs}"
-    return False, f"{ours} does not beat {theirs}"
-
-
-def current_champion(client: MlflowClient, name: str) -> Champion | None:
-    """The version under the ``champion`` alias of ``name``; None when there is none (or no such model)."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        model = _retry(lambda: client.get_registered_model(name))
-    except MlflowException as exc:
-        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
-            return None
-        raise
-    version = dict(model.aliases or {}).get(CHAMPION_ALIAS)
-    if version is None:
-        return None
-    tags = _retry(lambda: client.get_model_version(name, str(version))).tags
-    try:
-        accuracy: float | None = float(tags[f"{TAG_PREFIX}val_accuracy"])
-    except (KeyError, ValueError):
-        accuracy = None
-    return Champion(str(version), tags.get(f"{TAG_PREFIX}dataset_version"), accuracy)
-
-
-def already_registered(client: MlflowClient, name: str, facts: ModelFacts) -> Registration | None:
-    """The version this search already registered for this model (a resumed search exports again), if any."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        versions = _retry(lambda: list(client.search_model_versions(f"name = '{name}'")))
-    except MlflowException as exc:
-        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
-            return None
-        raise
-    wanted = {f"{TAG_PREFIX}search_id": facts.search_id, f"{TAG_PREFIX}hash": facts.hash}
-    for found in versions:
-        tags = found.tags or {}
-        if all(tags.get(k) == v for k, v in wanted.items()) and f"{TAG_PREFIX}promoted" in tags:
-            champion = current_champion(client, name)
-            promoted = tags[f"{TAG_PREFIX}promoted"] == "true"
-            reason = tags.get(f"{TAG_PREFIX}promotion_reason" if promoted else f"{TAG_PREFIX}not_promoted_reason", "")
-            return Registration(
-                name=name,
-                version=str(found.version),
-                model_uri=f"models:/{name}/{found.version}",
-                promoted=promoted,
-                reason=reason,
-                champion_version=champion.version if champion else str(found.version),
-                previous_champion_version=tags.get(f"{TAG_PREFIX}previous_champion"),
-            )
-    return None
-
-
-@contextmanager
-def _fluent_tracking_uri(uri: str) -> Iterator[None]:
-    """Point MLflow's fluent API at ``uri`` for a moment, then restore the URI and its environment variable."""
-    import mlflow
-    from mlflow.tracking._tracking_service import utils
-
-    before, env_before = utils._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
-    mlflow.set_tracking_uri(uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(before)  # this unsets MLFLOW_TRACKING_URI when before is None ...
-        if env_before is not None:  # ... so put back the user's own setting
-            os.environ["MLFLOW_TRACKING_URI"] = env_before
-
-
-def register_onnx(
-    tracking_uri: str,
-    run_id: str,
-    onnx_path: Path,
-    input_example: np.ndarray,
-    facts: ModelFacts,
-    name: str | None = None,
-) -> Registration:
-    """Log ``onnx_path`` under ``run_id``, register it as a new version of ``name`` and move the alias if it wins."""
-    import mlflow
-    import mlflow.onnx
-    import onnx
-    import onnxruntime as ort
-    from mlflow.models import infer_signature
-    from mlflow.tracking import MlflowClient
-
-    name = name or registered_model_name(facts.dataset)
-    example = np.ascontiguousarray(input_example, dtype=np.float32)
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    signature = infer_signature(example, session.run(None, {session.get_inputs()[0].name: example})[0])
-    with _REGISTRY_LOCK, _fluent_tracking_uri(tracking_uri):
-        client = MlflowClient(tracking_uri, registry_uri=mlflow.get_registry_uri())
-        earlier = already_registered(client, name, facts)
-        if earlier is not None:
-            return earlier
-        champion = current_champion(client, name)
-        # Created here, in the run's experiment: left to itself, log_model would put the model in the fluent API's
-        # current experiment (the Default one, with artifacts in ./mlruns of whatever folder this runs in).
-        experiment_id = _retry(lambda: client.get_run(run_id)).info.experiment_id
-        logged = _retry(
-            lambda: client.create_logged_model(experiment_id, MODEL_ARTIFACT_NAME, source_run_id=run_id, tags=facts.tags())
-        )
-        info = mlflow.onnx.log_model(
-            onnx.load(str(onnx_path)),
-            model_id=logged.model_id,
-            run_id=run_id,
-            registered_model_name=name,
-            signature=signature,
-            input_example=example,
-            pip_requirements=mlflow.onnx.get_default_pip_requirements(),  # no slow requirement inference
-            onnx_execution_providers=["CPUExecutionProvider"],
-            save_as_external_data=False,
-            tags=facts.tags(),
-        )
-        version = str(info.registered_model_version)
-        promoted, reason = decide(facts, champion)
-        if promoted:
-            _retry(lambda: client.set_registered_model_alias(name, CHAMPION_ALIAS, version))
-        outcome = {"promoted": str(promoted).lower(), ("promotion_reason" if promoted else "not_promoted_reason"): reason}
-        if champion is not None:
-            outcome["previous_champion"] = champion.version
-        for key, value in outcome.items():
-            _retry(lambda k=key, v=value: client.set_model_version_tag(name, version, f"{TAG_PREFIX}{k}", v))
-    return Registration(
-        name=name,
-        version=version,
-        model_uri=f"models:/{name}/{version}",
-        promoted=promoted,
-        reason=reason,
-        champion_version=version if promoted or champion is None else champion.version,
-        previous_champion_version=champion.version if champion else None,
-    )
-
-
-def register_search_best(run: SearchRun, onnx_path: Path) -> Registration:
-    """Register the best model of ``run`` (already exported to ``onnx_path``) under the search's parent run."""
-    best = run.best()
-    assert best is not None and run.data is not None and run.dataset is not None and run.tracker is not None
-    facts = ModelFacts(
-        dataset=run.dataset.name,
-        dataset_version=run.dataset.version,
-        search_id=run.search_id,
-        hash=best.hash,
-        val_accuracy=float(best.metrics["val_accuracy"]),
-        test_accuracy=float(run.exported_metrics()["test_accuracy"]),
-    )
-    return register_onnx(run.tracker.tracking_uri, run.run_id, onnx_path, run.data.x["test"][:INPUT_EXAMPLE_SIZE], facts)
+    def __repr__(self) -> str:
+        return f"Registry({self.kind!r}: {', '.join(self._entries)})"

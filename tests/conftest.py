@@ -13,6 +13,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,49 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="nas-tests-prefect-"))
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")  # inherited by `nas` subprocesses
+PREFECT_STARTUP_TIMEOUT = int(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"])
+
+
+# ---- one real Prefect server for the whole session ----------------------------------------------------------------
+# A Prefect server takes 20 s and more to boot on a loaded 2-core machine, and prefect_test_harness() boots a new one
+# each time with a 30 s limit: the session boots one, on first use, and every user shares it: the `prefect_server`
+# fixture (its API URL, for PREFECT_API_URL of `nas` subprocesses), flows run in the test process without a harness
+# (Prefect's temporary server is this same instance), and every `with prefect_test_harness():` in a test file.
+
+
+def _start_prefect_server() -> str:
+    """API URL of the session's Prefect server, started at the first call (database in a temporary folder)."""
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import PREFECT_SERVER_DATABASE_CONNECTION_URL, temporary_settings
+
+    server = SubprocessASGIServer()  # the instance Prefect's temporary-server mode uses in this process
+    if not server.running:
+        database = Path(tempfile.mkdtemp(prefix="nas-tests-prefect-db-")) / "prefect.db"
+        with temporary_settings({PREFECT_SERVER_DATABASE_CONNECTION_URL: f"sqlite+aiosqlite:///{database}"}):
+            server.start(timeout=PREFECT_STARTUP_TIMEOUT)  # stopped at exit (Prefect registers that itself)
+    return server.api_url
+
+
+@contextlib.contextmanager
+def shared_prefect_harness(server_startup_timeout: int | None = None) -> Iterator[None]:
+    """``prefect_test_harness()`` on the session's server: flows in the block report to it; nothing boots twice."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: _start_prefect_server()}):
+        yield
+
+
+# Test modules import ``prefect_test_harness`` after this conftest: they get the shared one.
+import prefect.testing.utilities  # noqa: E402  (after the environment above: Prefect reads it when imported)
+
+prefect.testing.utilities.prefect_test_harness = shared_prefect_harness
+
+
+@pytest.fixture(scope="session")
+def prefect_server() -> str:
+    """API URL of the session's Prefect server; pass it as PREFECT_API_URL to `nas` subprocesses."""
+    return _start_prefect_server()
 
 
 def make_project(root: Path) -> Path:
@@ -48,24 +91,19 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def search_directly(project: Path, search_id: str = "direct", **settings):
-    """A search driven by the library alone (no Prefect): prepare, then propose / train / record / select to the end."""
-    from nas_core.candidate import run_candidate
+    """A whole search run by the library's own loop (no Prefect), wired to MLflow, DVC and ONNX like `nas search`."""
     from nas_core.config import SearchConfig
-    from nas_core.search import SearchRun
+    from nas_pipeline.pipeline import build_search
 
-    run = SearchRun(SearchConfig(**{"project_dir": project, "output": project / "out", **settings}), search_id=search_id)
-    run.prepare()
-    while jobs := run.propose():
-        for job in jobs:
-            run.record(run_candidate(job))
-        run.select()
-    return run
+    search = build_search(SearchConfig(**{"project_dir": project, "output": project / "out", **settings}), search_id=search_id)
+    search.run()
+    return search
 
 
 @pytest.fixture(scope="session")
 def digits(tmp_path_factory):
     """The real digits splits, prepared once for the session."""
-    from nas_core.data import load_prepared, prepare_dataset
+    from nas_core.data.preparation import load_prepared, prepare_dataset
 
     root = tmp_path_factory.mktemp("digits-data")
     prepare_dataset("digits", root)
@@ -99,8 +137,8 @@ class Flaky:
 
 @pytest.fixture
 def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    """Waits of nas_core.tracking's retries, recorded instead of slept."""
-    from nas_core import tracking
+    """Waits of nas_pipeline.mlflow_tracking's retries, recorded instead of slept."""
+    from nas_pipeline import mlflow_tracking as tracking
 
     waited: list[float] = []
     monkeypatch.setattr(tracking.time, "sleep", waited.append)

@@ -1,87 +1,39 @@
-"""Search spaces, registered by name: sample, mutate and cross genomes (always valid ones)."""
+"""Search spaces, registered by name: sample, mutate and cross genomes (always valid ones).
+
+Import order is registration order (``image``, ``nb201``, ``sequence``), which is the order of ``SPACES``.
+"""
 
 from __future__ import annotations
 
-import random
-from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
-import numpy as np
-from torch import nn
-
-from nas_core.genome import Genome
-
-
-class SpaceExhausted(ValueError):
-    """The space has no genome that satisfies the request (e.g. no mutation differs from the parent)."""
-
-
-class SearchSpace(Protocol):
-    """What strategies and the pipeline need from a space; every returned genome validates."""
-
-    name: str
-
-    def sample(self, rng: random.Random) -> Genome:
-        """A random genome."""
-
-    def mutate(self, genome: Genome, rng: random.Random) -> Genome:
-        """One random change; the result has another identity (or SpaceExhausted)."""
-
-    def crossover(self, a: Genome, b: Genome, rng: random.Random) -> Genome:
-        """A child mixing two parents."""
-
-    def neighbours(self, genome: Genome) -> list[Genome]:
-        """Every genome one elementary change away (for local search), in a fixed order."""
-
-    def identity(self, genome: Genome) -> str:
-        """A hash equal for genomes this space considers the same architecture."""
-
-    def encode(self, genome: Genome) -> np.ndarray:
-        """A fixed-length float vector describing the genome (features for surrogate models)."""
-
-    def enumerate(self) -> list[Genome] | None:
-        """One genome per identity when the space is small enough to list, else None."""
-
-    def build(
-        self,
-        genome: Genome,
-        input_shape: tuple[int, ...],
-        num_classes: int,
-        mean: list[float] | None = None,
-        std: list[float] | None = None,
-    ) -> nn.Module:
-        """The trainable network of a genome."""
-
-    def cost(self, genome: Genome, input_shape: tuple[int, ...], num_classes: int) -> dict[str, int]:
-        """``params`` and ``flops`` of the built network, without training it."""
-
-    def describe(self, genome: Genome) -> dict[str, Any]:
-        """Flat, comparable parameters of a genome (for MLflow's compare view)."""
-
-
-SPACES: dict[str, Callable[..., SearchSpace]] = {}
-
-
-def register_space(name: str):
-    """Register a space factory under ``name`` (the string used in configs and flags)."""
-
-    def decorate(factory: Callable[..., SearchSpace]):
-        SPACES[name] = factory
-        return factory
-
-    return decorate
+from nas_core.spaces.base import SPACES, SearchSpace, SpaceExhausted, register_space
+from nas_core.spaces.image import ImageSpace
+from nas_core.spaces.joint import JointSpace
+from nas_core.spaces.nb201 import NB201Space
+from nas_core.spaces.sequence import SequenceSpace
 
 
 def create_space(name: str, hparams: dict[str, list[Any]] | None = None, **options: Any) -> SearchSpace:
     """The space registered as ``name``; with ``hparams`` (name -> choices) it also searches those."""
-    if name not in SPACES:
-        raise ValueError(f"unknown search space '{name}' (known: {', '.join(sorted(SPACES))})")
-    space = SPACES[name](**options)
-    if hparams:
-        from nas_core.spaces.joint import JointSpace
-
-        space = JointSpace(space, hparams)
-    return space
+    space = SPACES.create(name, **options)
+    return JointSpace(space, hparams) if hparams else space
 
 
-from nas_core.spaces import image, nb201, sequence  # noqa: E402,F401  (registers the built-in spaces)
+def list_spaces() -> list[str]:
+    """The registered space names, in registration order."""
+    return SPACES.names()
+
+
+__all__ = [
+    "SPACES",
+    "ImageSpace",
+    "JointSpace",
+    "NB201Space",
+    "SearchSpace",
+    "SequenceSpace",
+    "SpaceExhausted",
+    "create_space",
+    "list_spaces",
+    "register_space",
+]

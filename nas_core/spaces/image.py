@@ -18,7 +18,7 @@ from nas_core.builder import build_model
 from nas_core.genome import Genome, Node
 from nas_core.metrics import count_flops, count_params
 from nas_core.ops import INPUT_OP, OPS, OUTPUT_OP
-from nas_core.spaces import SpaceExhausted, register_space
+from nas_core.spaces.base import SpaceExhausted, register_space
 
 INPUT, OUTPUT = "input", "output"
 _MAX_TRIES = 100

@@ -14,7 +14,7 @@ from torch import nn
 
 from nas_core import hparams as hp
 from nas_core.genome import Genome
-from nas_core.spaces import SearchSpace, SpaceExhausted
+from nas_core.spaces.base import SearchSpace, SpaceExhausted
 
 HPARAM_MUTATION_PROB = 0.25
 

@@ -30,7 +30,7 @@ from nas_core.builder import GenomeCell, Normalize
 from nas_core.genome import Genome, Node
 from nas_core.metrics import count_flops, count_params
 from nas_core.ops import INPUT_OP, OPS, OUTPUT_OP
-from nas_core.spaces import SpaceExhausted, register_space
+from nas_core.spaces.base import SpaceExhausted, register_space
 
 NB201_OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
 EDGES = ((1, 0), (2, 0), (2, 1), (3, 0), (3, 1), (3, 2))  # (to, from), in architecture-string order

@@ -17,7 +17,7 @@ from torch import nn
 from nas_core.builder import build_model
 from nas_core.genome import Genome
 from nas_core.metrics import count_flops, count_params
-from nas_core.spaces import register_space
+from nas_core.spaces.base import register_space
 from nas_core.spaces.image import ImageSpace
 
 SEQUENCE_DIMS = 1

@@ -5,9 +5,10 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from nas_core.genome import Genome
+from nas_core.registry import Registry
 from nas_core.spaces import SearchSpace, SpaceExhausted
 
 _MAX_DRAWS = 200  # draws per requested genome before concluding the space is exhausted
@@ -66,9 +67,11 @@ class Strategy:
     Subclasses implement ``_propose`` (one proposal, which may repeat a seen genome: the base
     filters duplicates by identity and genomes that break the constraint) and may extend ``tell``
     and the state dict. ``constraint`` (e.g. a parameter limit) is honoured by every strategy.
+    Population-based subclasses set ``takes_population``: they accept ``population_size``.
     """
 
     name = "base"
+    takes_population: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -157,3 +160,18 @@ class Strategy:
         set_rng_state(self.rng, state["rng"])
         self.seen = set(state["seen"])
         self.queue = list(state["queue"])
+
+
+# name -> strategy class, constructed as ``cls(space, seed=..., constraint=..., [population_size=...])``
+STRATEGIES: Registry[type[Strategy]] = Registry("strategy")
+
+
+def register_strategy(name: str) -> Callable[[type[Strategy]], type[Strategy]]:
+    """Class decorator: register a strategy under ``name`` (the string used in configs and flags)."""
+
+    def decorate(cls: type[Strategy]) -> type[Strategy]:
+        if cls.name != name:
+            raise ValueError(f"strategy class {cls.__name__} is named '{cls.name}', not '{name}'")
+        return STRATEGIES.add(name, cls)
+
+    return decorate

@@ -42,7 +42,7 @@ from scipy.stats import rankdata
 from nas_core.genome import Genome
 from nas_core.spaces import SearchSpace, SpaceExhausted
 from nas_core.spaces.nb201 import EDGES, NB201_OPS, NB201Space, genome_to_cell
-from nas_core.strategies.base import CandidateResult, Proposal, Strategy
+from nas_core.strategies.base import CandidateResult, Proposal, Strategy, register_strategy
 
 ACQUISITIONS = ("ei", "ucb", "thompson", "alternate")
 LENGTHSCALES = (0.25, 0.35, 0.5, 0.7, 1.0, 1.4, 2.0)  # multiples of the typical distance between encodings (see _scale)
@@ -219,6 +219,7 @@ class _Rows(Sequence[Candidate]):
 # ---- the strategy ----------------------------------------------------------------------------
 
 
+@register_strategy("bo")
 class BayesianOptimization(Strategy):
     """GP-based Bayesian optimisation over the space's encodings (see the module docstring)."""
 

@@ -7,9 +7,10 @@ from typing import Any
 
 from nas_core.genome import Genome
 from nas_core.spaces import SearchSpace
-from nas_core.strategies.base import CandidateResult, Proposal, Strategy
+from nas_core.strategies.base import CandidateResult, Proposal, Strategy, register_strategy
 
 
+@register_strategy("evolution")
 class RegularizedEvolution(Strategy):
     """Random genomes until the population is full; then children of tournament winners.
 
@@ -18,6 +19,7 @@ class RegularizedEvolution(Strategy):
     """
 
     name = "evolution"
+    takes_population = True
 
     def __init__(
         self,

@@ -15,9 +15,10 @@ from typing import Any
 
 from nas_core.genome import Genome
 from nas_core.spaces import SearchSpace
-from nas_core.strategies.base import CandidateResult, Proposal, Strategy
+from nas_core.strategies.base import CandidateResult, Proposal, Strategy, register_strategy
 
 
+@register_strategy("genetic")
 class GeneticAlgorithm(Strategy):
     """Generational GA: parents stay fixed while a generation is out; survivors are the best of both.
 
@@ -28,6 +29,7 @@ class GeneticAlgorithm(Strategy):
     """
 
     name = "genetic"
+    takes_population = True
 
     def __init__(
         self,

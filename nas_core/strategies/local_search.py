@@ -9,9 +9,10 @@ from typing import Any
 
 from nas_core.genome import Genome
 from nas_core.spaces import SearchSpace
-from nas_core.strategies.base import CandidateResult, Proposal, Strategy
+from nas_core.strategies.base import CandidateResult, Proposal, Strategy, register_strategy
 
 
+@register_strategy("local")
 class LocalSearch(Strategy):
     """Evaluate every unseen neighbour of the current point, then climb to the best one or restart.
 

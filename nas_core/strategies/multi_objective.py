@@ -13,7 +13,7 @@ from typing import Any
 
 from nas_core.genome import Genome
 from nas_core.spaces import SearchSpace
-from nas_core.strategies.base import CandidateResult
+from nas_core.strategies.base import CandidateResult, register_strategy
 from nas_core.strategies.genetic import GeneticAlgorithm
 
 Point = Sequence[float]
@@ -117,6 +117,7 @@ def select_survivors(points: Sequence[Point], k: int) -> list[int]:
 
 
 # ---- the strategy -------------------------------------------------------------------------------
+@register_strategy("nsga2")
 class NSGA2(GeneticAlgorithm):
     """NSGA-II over (maximise fitness, minimise ``metrics[cost_metric]``); a missing cost counts as +inf.
 

@@ -1,0 +1,151 @@
+"""One evaluation as a self-contained job: it runs in a thread, another process or a Dask worker.
+
+An :class:`~nas_core.search.records.EvaluationRequest` is plain, picklable data. :func:`evaluate` opens the
+evaluation's nested run through the request's tracker, leases a device, loads the (cached, version-checked) data
+from the request's data store, trains or looks the genome up in a table, logs the per-epoch metrics and returns an
+:class:`~nas_core.search.records.EvaluationResult`. It never raises for a bad candidate (divergence, out of memory,
+timeout, a broken genome): those come back as ``failed`` with the reason. It raises only for infrastructure errors
+(tracking store unreachable, data not matching its version), which the orchestrator may retry. The run is left open:
+the search closes it once the result is checkpointed, so a crash in between leaves a RUNNING run that a resume
+marks as killed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import threading
+import time
+from dataclasses import asdict, replace
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nas_core.data.preparation import PreparedData
+from nas_core.evaluation.devices import shared_leases, visible_devices
+from nas_core.evaluation.table import TableEvaluator
+from nas_core.evaluation.training import TrainState, train_genome
+from nas_core.search.ports import DataStore, InfrastructureError, Tracker
+from nas_core.search.records import EvaluationRequest, EvaluationResult
+from nas_core.search.setup import threads_per_candidate
+from nas_core.spaces import SearchSpace, create_space
+
+EPOCH_METRICS = ("train_loss", "val_loss", "val_accuracy", "val_f1")
+
+_DATA: dict[tuple[Any, str, str], PreparedData] = {}
+_DATA_LOCK = threading.Lock()
+
+
+def load_data(store: DataStore, dataset: str, version: str) -> PreparedData:
+    """The prepared splits, loaded once per process and only if they are the expected dataset version."""
+    key = (store, dataset, version)
+    with _DATA_LOCK:
+        if key not in _DATA:
+            _DATA[key] = store.load(dataset, version)
+        return _DATA[key]
+
+
+def remember_data(store: DataStore, dataset: str, version: str, data: PreparedData) -> None:
+    """Seed this process's data cache (the search process has already loaded and checked the data)."""
+    with _DATA_LOCK:
+        _DATA[(store, dataset, version)] = data
+
+
+@lru_cache(maxsize=8)
+def _space(name: str, options_json: str, hparams_json: str) -> SearchSpace:
+    return create_space(name, hparams=json.loads(hparams_json), **json.loads(options_json))
+
+
+@lru_cache(maxsize=4)
+def _table(path: str, select: str, report: str) -> TableEvaluator:
+    return TableEvaluator.load(Path(path), select, report)
+
+
+def space_of(request: EvaluationRequest) -> SearchSpace:
+    """The request's search space (cached per process)."""
+    return _space(request.space, json.dumps(request.space_options, sort_keys=True), json.dumps(request.hparams, sort_keys=True))
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def failure_reason(exc: BaseException) -> str:
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    return f"error: {type(exc).__name__}: {first}"
+
+
+def evaluate(request: EvaluationRequest) -> EvaluationResult:
+    """Evaluate one request under its own nested run (left open for the search to close)."""
+    began = time.monotonic()
+    if request.threads:
+        torch.set_num_threads(request.threads)
+    tracker = request.tracker.connect()
+    worker = worker_name()
+    tags = {**request.run_tags, "worker": worker, "status": "running"}
+    run_id = tracker.start_run(request.run_name, request.run_params, tags, parent_run_id=request.parent_run_id)
+    tracker.log_json(run_id, request.planned.genome.to_dict(), "genome.json")
+    if request.proxy is not None:
+        tracker.log_metrics(run_id, {f"proxy_{request.proxy[0]}": request.proxy[1]})
+    result = EvaluationResult(request.index, run_id, "failed", worker=worker)
+    try:
+        space = space_of(request)
+        if request.table is not None:
+            result = replace(result, status="ok", metrics=_table(*request.table).evaluate(space, request.planned.genome))
+        else:
+            result = _train(request, space, tracker, result)
+            result = replace(result, metrics={**result.metrics, "wall_seconds": time.monotonic() - began})
+    except Exception as exc:
+        if tracker.is_transient(exc) or isinstance(exc, InfrastructureError):
+            raise  # not the candidate's fault: the search retries or stops (and can be resumed)
+        result = replace(result, status="failed", reason=failure_reason(exc), weights=None, state=None)
+    return result
+
+
+def _train(request: EvaluationRequest, space: SearchSpace, tracker: Tracker, result: EvaluationResult) -> EvaluationResult:
+    data = load_data(request.data, request.dataset, request.dataset_version)
+    devices = tuple(visible_devices(request.devices))
+    leases = shared_leases(devices, None if devices == ("cpu",) else request.per_device)
+    run_id, genome = result.run_id, request.planned.genome
+
+    def log_epoch(m: Any) -> None:
+        values = {k: getattr(m, k) for k in EPOCH_METRICS}
+        tracker.log_metrics(run_id, {k: v for k, v in values.items() if math.isfinite(v)}, step=m.epoch)
+
+    start = TrainState.from_dict(torch.load(request.start_checkpoint, weights_only=True)) if request.start_checkpoint else None
+    for earlier in start.history if start else ():  # the promoted run shows the whole learning curve
+        log_epoch(earlier)
+    with leases.lease() as device:
+        tracker.set_tags(run_id, {"device": device})
+        train = replace(request.train, device=device)
+        trained = train_genome(
+            genome, data, train, on_epoch=log_epoch, build=space.build, start=start, keep_state=request.keep_state
+        )
+        result = replace(
+            result,
+            device=device,
+            timing={"train_started": trained.started_at, "train_ended": trained.started_at + trained.train_seconds},
+            status=trained.status,
+            reason=trained.reason,
+            metrics=trained.metrics(),
+            weights={k: v.detach().cpu().clone() for k, v in trained.model.state_dict().items()} if trained.model else None,
+            state=trained.state.to_dict() if trained.state is not None else None,
+            curve=tuple(m.val_accuracy for m in trained.history),
+        )
+        if trained.stopped_at:
+            tracker.set_tags(run_id, {"early_stopped": trained.stopped_at})
+        history = [asdict(m) for m in trained.history]
+        del trained  # the model goes before the lease frees the device's memory
+    tracker.log_evaluation_plots(run_id, genome, history, request.run_name, int(getattr(type(space), "input_ndim", 2)))
+    return result
+
+
+def set_torch_threads(workers: int) -> int:
+    """Give each parallel candidate its share of the cores (no oversubscription)."""
+    threads = threads_per_candidate(workers)
+    torch.set_num_threads(threads)
+    return threads

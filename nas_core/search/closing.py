@@ -1,0 +1,40 @@
+"""What the loop writes to the tracker when an evaluation ends: final metrics, status and reason, links between runs."""
+
+from __future__ import annotations
+
+from nas_core.search.final import FINAL_METRICS
+from nas_core.search.ports import Tracker
+from nas_core.search.records import Evaluation, FinalModel
+
+EPOCH_METRICS = ("train_loss", "val_loss", "val_accuracy", "val_f1")  # logged per epoch by the worker
+KILLED_REASON = "killed: the search stopped while this candidate was running; it was queued again on resume"
+
+
+def _end(tracker: Tracker, run_id: str, ok: bool, status: str, reason: str) -> None:
+    tracker.set_tags(run_id, {"status": status, **({"failure_reason": reason} if reason else {})})
+    tracker.end_run(run_id, ok)
+
+
+def close_evaluation(tracker: Tracker, evaluation: Evaluation, looked_up: bool) -> None:
+    """Log an evaluation's final metrics (all of them for a table lookup, which logs no epochs), status and reason."""
+    final = {k: v for k, v in evaluation.metrics.items() if looked_up or k not in EPOCH_METRICS}
+    if final:
+        tracker.log_metrics(evaluation.mlflow_run_id, final, step=evaluation.fidelity)
+    _end(tracker, evaluation.mlflow_run_id, evaluation.ok, evaluation.status, evaluation.reason)
+
+
+def close_final(tracker: Tracker, final: FinalModel, search_run_id: str) -> None:
+    """Close the final training's run; when it worked, link it from the candidate's and the search's runs."""
+    logged = {k: v for k, v in final.metrics.items() if k in FINAL_METRICS}
+    if logged:
+        tracker.log_metrics(final.run_id, logged, step=final.epochs)
+    _end(tracker, final.run_id, final.ok, final.status, final.reason)
+    if final.ok:
+        for run_id in (final.source_run_id, search_run_id):
+            tracker.set_tags(run_id, {"final_run_id": final.run_id})
+
+
+def close_killed(tracker: Tracker, run_id: str) -> None:
+    """A run its process left RUNNING without a recorded result: KILLED (its candidate is queued again)."""
+    tracker.set_tags(run_id, {"status": "killed", "failure_reason": KILLED_REASON})
+    tracker.end_run(run_id, ok=False, status="KILLED")

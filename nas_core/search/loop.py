@@ -1,0 +1,417 @@
+"""The search loop: prepare -> (propose -> evaluate -> record -> select)* -> final training -> export -> finish.
+
+:meth:`Search.run` drives it, like ``optuna.Study.optimize``; the Prefect flow runs the same steps as tasks. What
+the search evaluates and for how long comes from pieces it is given (the fidelity schedule, the proxy screen, median
+stopping, the table lookup, final training); where results go comes from the ports (tracker, data store, exporter,
+reporter, observer). Each outcome is checkpointed as it arrives, so ``resume=True`` continues a search that died
+without evaluating a finished candidate again.
+
+Determinism: a generation's results are told to the strategy together, in proposal order, so the proposals never
+depend on which candidate finished first or on the number of workers.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from nas_core.config import SearchConfig
+from nas_core.data.preparation import PreparedData
+from nas_core.evaluation.table import TableEvaluator
+from nas_core.evaluation.worker import remember_data
+from nas_core.genome import Genome
+from nas_core.provenance import Provenance
+from nas_core.search import checkpoint as files
+from nas_core.search.closing import close_evaluation, close_final, close_killed
+from nas_core.search.execution import Evaluate, Stage, Stopwatch, evaluate_here, run_inline
+from nas_core.search.final import FINAL_ROLE, FinalStage, FinalTraining, exported_metrics
+from nas_core.search.ports import (
+    DataStore,
+    ExportOutcome,
+    ExportRequest,
+    MemoryTracker,
+    ModelExporter,
+    NoReports,
+    Observer,
+    Reporter,
+    SilentObserver,
+    Tracker,
+)
+from nas_core.search.proposing import Proposer
+from nas_core.search.records import (
+    PROMOTION,
+    DatasetRef,
+    Evaluation,
+    EvaluationRequest,
+    EvaluationResult,
+    FinalModel,
+    PlannedEvaluation,
+)
+from nas_core.search.requests import RequestContext
+from nas_core.search.setup import new_search_id, resolve_config
+from nas_core.search.summary import BestModel, SearchSummary
+from nas_core.strategies import CandidateResult
+
+# tabular benchmarks (NAS-Bench-201) are on CIFAR-10: costs are computed for its inputs
+TABLE_INPUT_SHAPE, TABLE_NUM_CLASSES = (3, 32, 32), 10
+
+
+class Search:
+    """One search: its state and its steps. :meth:`run` calls the steps in order; a flow may call them itself."""
+
+    def __init__(
+        self,
+        config: SearchConfig,
+        data_store: DataStore,
+        *,
+        search_id: str | None = None,
+        resume: bool = False,
+        connect_tracker: Callable[[], Tracker] = MemoryTracker,
+        exporter: ModelExporter | None = None,
+        reporter: Reporter | None = None,
+        observer: Observer | None = None,
+    ) -> None:
+        self.search_id = search_id or new_search_id()
+        self.resume = resume
+        self.config = config = resolve_config(config, self.search_id)
+        self.output = Path(config.output)  # resolved: absolute
+        self.project_dir = Path(config.project_dir)
+        self.data_store, self.connect_tracker = data_store, connect_tracker
+        self.exporter, self.reporter = exporter, reporter or NoReports()
+        self.observer: Observer = observer or SilentObserver()
+        self.table = (
+            TableEvaluator.load(config.table_path, config.select_metric, config.report_metric) if config.table_path else None
+        )
+        self.proposer = Proposer(config, self.output, resume)
+        self.records: list[Evaluation] = []  # every finished evaluation, in the order they finished
+        self.by_hash: dict[str, Evaluation] = {}  # each architecture's longest evaluation
+        self.best_weights: dict[str, Any] | None = None  # of best() only
+        training = FinalTraining(config.final_epochs, config.final_splits) if config.final_epochs else None
+        self.finalist = FinalStage(training, self.output)
+        self.killed_on_resume = 0
+        self.dataset: DatasetRef | None = None
+        self.data: PreparedData | None = None
+        self.tracker: Tracker | None = None
+        self.run_id = ""
+        self.owns_run = True  # False when the search's run is someone else's (an outer `mlflow run`): they close it
+        self.provenance: Provenance | None = None
+        self.export_outcome: ExportOutcome | None = None
+        self.finished: SearchSummary | None = None  # what finish() wrote
+        self.started, self.started_at = time.monotonic(), time.time()
+        self.stopwatch = Stopwatch()
+        self.timed, self.timings = self.stopwatch.timed, self.stopwatch.seconds
+
+    @property
+    def space(self):  # noqa: ANN201 - a SearchSpace
+        return self.proposer.space
+
+    @property
+    def strategy(self):  # noqa: ANN201 - a Strategy
+        return self.proposer.strategy
+
+    @property
+    def generation(self) -> int:
+        return self.proposer.generation
+
+    @property
+    def experiment_name(self) -> str:
+        return self.tracker.experiment_name if self.tracker is not None else self.config.experiment_name
+
+    def planned_evaluations(self) -> int:
+        """How many evaluations the search expects to make (the budget, plus promotions when multi-fidelity)."""
+        return self.proposer.fidelity.planned_evaluations(self.config.budget)
+
+    # ---- the loop -----------------------------------------------------------------------------
+    def run(self, evaluate: Evaluate = evaluate_here, stage: Stage = run_inline) -> SearchSummary:
+        """Run the whole search; ``evaluate`` yields results as they finish, ``stage`` runs each step (e.g. as a task)."""
+        try:
+            stage("prepare", self.prepare)
+            self.observer.resumed(self.records, self.killed_on_resume)
+            while requests := stage("propose", self.propose):
+                self.observer.stage(f"training generation {self.generation}")
+                with self.timed("candidates"):
+                    for result in evaluate(requests):
+                        self.record(result)
+                stage("select", self.select)
+            if request := self.final_request():
+                self.observer.stage(f"final training ({request.train.epochs} epochs)")
+                with self.timed("final"):
+                    self.record_final(next(iter(evaluate([request]))))
+            outcome = None
+            if self.can_export():
+                self.observer.stage("exporting ONNX")
+                outcome = stage("export", self.export)
+            self.observer.stage("writing summary, plots and report")
+            return stage("finish", lambda: self.finish(outcome))
+        except BaseException as exc:
+            self.abort(f"{type(exc).__name__}: {exc}")
+            raise
+
+    # ---- steps --------------------------------------------------------------------------------
+    def prepare(self) -> DatasetRef:
+        """Record the search, prepare and version the data, open (or reopen) the search's run."""
+        self.observer.stage("preparing data")
+        with self.timed("prepare"):
+            return self._prepare()
+
+    def _prepare(self) -> DatasetRef:
+        self.output.mkdir(parents=True, exist_ok=True)
+        saved = files.read_saved_search(self.output) if self.resume and (self.output / files.SEARCH_FILE).is_file() else {}
+        self.run_id = saved.get("mlflow_run_id", "")
+        self._write_search_file()  # first thing: from here on the search can be resumed
+        if self.table is not None:
+            self.dataset = DatasetRef(f"table:{self.table.path.name}", self.table.version, self.table.path.resolve())
+        else:
+            self.dataset = self.data_store.prepare(self.config.dataset, self.config.data_root, self.config.download)
+            self.data = self.data_store.load(self.config.dataset, self.dataset.version)
+            remember_data(self.data_store, self.config.dataset, self.dataset.version, self.data)  # workers here reuse it
+        self.proposer.bind(self.input_spec(), self.data)
+        self.provenance = Provenance.of_search(self.search_id, self.dataset.name, self.dataset.version)
+        self.tracker = self.connect_tracker()
+        if self.run_id:
+            self.tracker.reopen_run(self.run_id)
+            self._restore()
+        else:
+            params = {k: v for k, v in self.config.model_dump(mode="json").items() if v is not None}
+            tags = {
+                **self.provenance.tags(prefix=""),
+                "role": "search",
+                "strategy": self.config.strategy,
+                "output": str(self.output),
+            }
+            self.run_id, self.owns_run = self.tracker.open_search_run(f"search-{self.search_id}", params, tags)
+            self._write_search_file()
+        self.provenance = self.provenance.with_search_run(self.run_id)
+        return self.dataset
+
+    def _write_search_file(self) -> None:
+        files.write_saved_search(self.output, self.search_id, self.run_id, self.config.model_dump(mode="json"))
+
+    def _restore(self) -> None:
+        """Continue from the last checkpoint; close the runs the dead process left RUNNING."""
+        assert self.tracker is not None
+        state = files.read_state(self.output)
+        if state is not None:
+            self.proposer.load_state(state)
+            for data in state["finished"]:
+                self._remember(Evaluation.from_dict(data))
+            self.finalist.restore(state.get("final"))
+            self.best_weights = files.load_weights(self.output / files.WEIGHTS_FILE, getattr(self.best(), "hash", None))
+        recorded = {r.mlflow_run_id: r for r in self.records}
+        for run_id in self.tracker.running_runs(self.search_id, ("candidate", FINAL_ROLE)):
+            if run_id in recorded:  # checkpointed, but the process died before closing the run
+                close_evaluation(self.tracker, recorded[run_id], self.table is not None)
+            else:
+                close_killed(self.tracker, run_id)
+                self.killed_on_resume += 1
+
+    def input_spec(self) -> tuple[tuple[int, ...], int]:
+        """Input shape and class count the networks are built for (CIFAR-10's for tables)."""
+        if self.data is not None:
+            return tuple(self.data.input_shape), self.data.num_classes
+        return TABLE_INPUT_SHAPE, TABLE_NUM_CLASSES
+
+    def cost(self, genome: Genome) -> dict[str, int]:
+        return self.proposer.cost(genome)
+
+    def propose(self) -> list[EvaluationRequest]:
+        """The requests to evaluate next: the unfinished ones of the generation in flight (after a resume), else a new
+        generation: multi-fidelity promotions first, then up to ``population`` unseen genomes, never past the budget."""
+        with self.timed("propose"):
+            if self.proposer.in_flight and not self.proposer.unfinished(self.records):
+                self.select()  # resumed after the generation's last candidate but before it was told to the strategy
+            if not self.proposer.unfinished(self.records):
+                if not self.proposer.plan_generation(self.records):
+                    return []
+                self.write_checkpoint()
+            return [self.request(p) for p in self.proposer.unfinished(self.records)]
+
+    def request(self, planned: PlannedEvaluation) -> EvaluationRequest:
+        """A self-contained request for one planned evaluation."""
+        assert self.tracker is not None and self.provenance is not None
+        table = (str(self.table.path), self.table.select_metric, self.table.report_metric) if self.table else None
+        context = RequestContext(
+            self.config, self.provenance, self.tracker.spec(), self.data_store, self.proposer.fidelity, table, self.space.describe
+        )
+        parent_run_ids = [self.by_hash[h].mlflow_run_id for h in planned.parents if h in self.by_hash]
+        stop_below = self.proposer.stop_below(self.records, planned.generation)
+        return context.request(
+            planned, parent_run_ids, stop_below, self.proposer.checkpoint_path(planned.hash, planned.from_fidelity or 0)
+        )
+
+    def record(self, result: EvaluationResult) -> Evaluation:
+        """Remember one result, checkpoint, then close its run (in that order, for resume)."""
+        planned = self.proposer.planned(result.index)
+        metrics = dict(result.metrics)
+        if self.table is not None and result.ok:
+            metrics.update(self.cost(planned.genome))
+        parent_run_ids = (
+            (planned.promoted_from,)
+            if planned.promoted_from
+            else tuple(self.by_hash[h].mlflow_run_id for h in planned.parents if h in self.by_hash)
+        )
+        evaluation = Evaluation(
+            result.index, planned.generation, planned.genome, planned.origin, planned.parents, parent_run_ids,
+            result.run_id, result.status, result.reason, metrics, hash=planned.hash, fidelity=planned.fidelity,
+            bracket=planned.bracket, promoted_from=planned.promoted_from, proxy=planned.proxy,
+            finished_seconds=round(time.time() - self.started_at, 3), timing=dict(result.timing), curve=tuple(result.curve),
+        )  # fmt: skip
+        if result.state is not None and result.ok:
+            files.save_tensors_atomic(self.proposer.checkpoint_path(evaluation.hash, evaluation.fidelity), result.state)
+        if planned.from_fidelity is not None:  # continued: the shorter run's state is no longer needed
+            self.proposer.checkpoint_path(planned.hash, planned.from_fidelity).unlink(missing_ok=True)
+        self._remember(evaluation)
+        if evaluation.ok and self.best() is evaluation and result.weights is not None:
+            files.save_tensors_atomic(self.output / files.WEIGHTS_FILE, {"hash": evaluation.hash, "weights": result.weights})
+            self.best_weights = result.weights
+        self.write_checkpoint()
+        close_evaluation(self.tracker, evaluation, self.table is not None)
+        assert self.tracker is not None
+        best = self.best()
+        if best is not None:
+            self.tracker.log_metrics(self.run_id, {"best_val_accuracy": best.metrics["val_accuracy"]}, step=len(self.records))
+        self.observer.recorded(evaluation)
+        return evaluation
+
+    def _remember(self, evaluation: Evaluation) -> None:
+        self.records.append(evaluation)
+        known = self.by_hash.get(evaluation.hash)
+        if known is None or evaluation.fidelity >= known.fidelity:  # parents link to an architecture's longest training
+            self.by_hash[evaluation.hash] = evaluation
+
+    def write_checkpoint(self) -> None:
+        files.write_state(
+            self.output,
+            {
+                "search_id": self.search_id,
+                **self.proposer.state(),
+                "finished": [r.to_dict() for r in self.records],
+                "final": self.finalist.model.to_dict() if self.finalist.model else None,
+            },
+        )
+
+    def select(self) -> Evaluation | None:
+        """Tell the strategy the generation's results in proposal order, checkpoint; return the best so far.
+
+        Promotions are not told again: the strategy learns each architecture once, from its first evaluation.
+        """
+        with self.timed("select"):
+            indices = self.proposer.in_flight_indices()
+            generation = sorted((r for r in self.records if r.index in indices and r.origin != PROMOTION), key=lambda r: r.index)
+            self.strategy.tell(
+                [
+                    CandidateResult(
+                        r.genome, r.status, r.metrics.get("val_accuracy") if r.ok else None, r.reason, r.metrics, r.hash
+                    )
+                    for r in generation
+                ]
+            )
+            self.proposer.generation_done()
+            self.write_checkpoint()
+            return self.best()
+
+    def best(self) -> Evaluation | None:
+        finished = [r for r in self.records if r.ok]
+        return max(finished, key=Evaluation.best_key) if finished else None
+
+    # ---- final training and export ----------------------------------------------------------------
+    def current_final(self) -> FinalModel | None:
+        """The final model of the current best, when it was retrained successfully."""
+        return self.finalist.current(self.best())
+
+    def final_request(self) -> EvaluationRequest | None:
+        """The request that retrains the best, or None (no final budget, nothing to export, or already done)."""
+        best, training = self.best(), self.finalist.training
+        if best is None or training is None or self.best_weights is None or not self.finalist.needed_for(best):
+            return None
+        return training.adapt(self.request(training.planned(best, self.generation)), best)
+
+    def record_final(self, result: EvaluationResult) -> FinalModel:
+        """Keep the retrained winner as the model to export; link its run with the candidate's and the search's."""
+        best = self.best()
+        assert best is not None and self.tracker is not None
+        final = self.finalist.accept(best, result)
+        close_final(self.tracker, final, self.run_id)
+        self.write_checkpoint()
+        return final
+
+    def can_export(self) -> bool:
+        """A trained best model exists (table evaluations have no weights to export) and an exporter is set."""
+        return self.exporter is not None and self.best() is not None and self.best_weights is not None
+
+    def best_model(self) -> nn.Module:
+        """The model to export: the best candidate's network with its final-training weights, else as trained."""
+        best = self.best()
+        assert best is not None and self.best_weights is not None and self.data is not None
+        model = self.space.build(best.genome, self.data.input_shape, self.data.num_classes, self.data.mean, self.data.std)
+        model.load_state_dict(self.finalist.weights if self.current_final() is not None else self.best_weights)
+        return model.eval()
+
+    def exported_metrics(self) -> dict[str, float]:
+        """The exported model's metrics: the best's validation metrics, test metrics of the final model if retrained."""
+        best = self.best()
+        assert best is not None
+        return exported_metrics(best, self.current_final())
+
+    def export_request(self) -> ExportRequest:
+        """The model to hand over, its metrics and its provenance."""
+        best, final = self.best(), self.current_final()
+        assert best is not None and self.provenance is not None and self.data is not None
+        provenance = self.provenance.for_model(best.hash, best.mlflow_run_id, final.run_id if final else None)
+        return ExportRequest(self.best_model(), best, self.exported_metrics(), provenance, self.data, self.output, self.run_id)
+
+    def export(self) -> ExportOutcome:
+        """Export the best model through the exporter (ONNX, registry and handoff bundle in the pipeline)."""
+        assert self.exporter is not None and self.tracker is not None
+        with self.timed("export"):
+            self.export_outcome = self.exporter.export(self.export_request(), self.tracker)
+            return self.export_outcome
+
+    def abort(self, reason: str) -> None:
+        """Close the search's run as FAILED (the search itself broke, not just a candidate); it can be resumed."""
+        if self.tracker is not None and self.run_id:
+            self.tracker.set_tags(self.run_id, {"status": "failed", "failure_reason": reason[:5000]})
+            if self.owns_run:
+                self.tracker.end_run(self.run_id, ok=False)
+
+    def finish(self, outcome: ExportOutcome | None = None) -> SearchSummary:
+        """Write ``summary.json`` and the reports; log them, and close the search's run (FAILED when nothing trained)."""
+        finishing = time.monotonic()
+        assert self.tracker is not None and self.dataset is not None
+        summary = self.summary(outcome)
+        for path, folder in self.reporter.report(summary):
+            self.tracker.log_artifact(self.run_id, path, folder)
+        self.timings["finish"] = time.monotonic() - finishing
+        elapsed = round(time.monotonic() - self.started, 2)
+        timings = {**{k: round(v, 3) for k, v in self.timings.items()}, "total": elapsed}
+        summary = SearchSummary(**{**summary.__dict__, "elapsed_seconds": elapsed, "timings": timings})
+        self.tracker.log_metrics(self.run_id, {f"seconds_{k}": v for k, v in timings.items()})
+        self.tracker.log_artifact(self.run_id, summary.write(self.output))
+        if (self.output / "report.html").is_file():
+            self.tracker.log_artifact(self.run_id, self.output / "report.html")
+        self.tracker.set_tags(self.run_id, {"status": "ok" if summary.best else "failed"})
+        if self.owns_run:
+            self.tracker.end_run(self.run_id, summary.best is not None)
+        shutil.rmtree(self.output / files.CHECKPOINTS_DIR, ignore_errors=True)  # only needed to continue promoted runs
+        self.finished = summary
+        return summary
+
+    def summary(self, outcome: ExportOutcome | None) -> SearchSummary:
+        """The search as it stands (timings are added by :meth:`finish`)."""
+        assert self.tracker is not None and self.dataset is not None
+        best, final, screen = self.best(), self.current_final(), self.proposer.screen
+        return SearchSummary(
+            search_id=self.search_id, mlflow_tracking_uri=self.tracker.tracking_uri, mlflow_experiment=self.experiment_name,
+            mlflow_run_id=self.run_id, mlflow_ui=self.tracker.ui_hint(), output=str(self.output),
+            dataset={"name": self.dataset.name, "version": self.dataset.version}, strategy=self.config.strategy,
+            budget=self.config.budget, seed=self.config.seed, fidelity=self.proposer.fidelity.summary(),
+            proxy=screen.summary(self.records, len(self.proposer.screened)) if screen else None,
+            final=self.finalist.model.to_dict() if self.finalist.model else None,
+            candidates=tuple(r.summary() for r in sorted(self.records, key=lambda r: r.index)),
+            best=BestModel.of(best, self.exported_metrics(), final.run_id if final else None, outcome) if best else None,
+        )  # fmt: skip

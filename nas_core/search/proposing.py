@@ -1,0 +1,142 @@
+"""Planning generations: the strategy's proposals, multi-fidelity promotions and proxy screening, never past the
+budget, with the generation in flight kept so that a resumed search continues it."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from nas_core.config import SearchConfig
+from nas_core.data.preparation import PreparedData
+from nas_core.evaluation.fidelity import Rungs
+from nas_core.evaluation.proxies import score_genome
+from nas_core.genome import Genome
+from nas_core.search.checkpoint import CHECKPOINTS_DIR
+from nas_core.search.records import PROMOTION, Evaluation, PlannedEvaluation
+from nas_core.search.requests import train_config
+from nas_core.search.scheduling import FidelitySchedule, MedianStopping, MultiFidelity, ProxyScreen, SingleFidelity
+from nas_core.search.setup import space_options
+from nas_core.spaces import create_space
+from nas_core.strategies import Strategy, create_strategy
+
+
+class Proposer:
+    """The space, the strategy and the pieces that decide what the next generation evaluates."""
+
+    def __init__(self, config: SearchConfig, output: Path, resume: bool = False) -> None:
+        self.config, self.output = config, output
+        self.space = create_space(config.space, hparams=config.hparams, **space_options(config))
+        self.strategy: Strategy = create_strategy(
+            config.strategy, self.space, seed=config.seed, population=config.population, constraint=self.within_limits
+        )
+        self.fidelity: FidelitySchedule = (
+            MultiFidelity(Rungs(config.min_epochs, config.top_epochs, config.eta, config.schedule))
+            if config.fidelity == "epochs"
+            else SingleFidelity(config.epochs)
+        )
+        self.screen = ProxyScreen(config.proxy, config.proxy_keep) if config.proxy != "none" else None
+        self.stopping = MedianStopping(config.top_epochs) if config.early_stop == "median" else None
+        self.generation = 0
+        self.in_flight: list[PlannedEvaluation] = []  # the generation being evaluated
+        self.screened: list[dict[str, Any]] = []  # proposals the zero-cost proxy kept from training
+        self.input_spec: tuple[tuple[int, ...], int] = ((3, 32, 32), 10)
+        self.score: Callable[[Genome], float] | None = None  # the proxy's score, once the data is there
+        self._costs: dict[str, dict[str, int]] = {}
+        if config.init_genome is not None and not resume:
+            self.strategy.enqueue(Genome.from_json(Path(config.init_genome).read_text()))
+
+    def bind(self, input_spec: tuple[tuple[int, ...], int], data: PreparedData | None) -> None:
+        """The data's input shape and class count (for costs), and the data the proxy scores on (none for tables)."""
+        self.input_spec = input_spec
+        screen, seed = self.screen, self.config.seed
+        if screen is not None and data is not None:
+            self.score = lambda genome: score_genome(self.space.build, genome, data, screen.name, seed=seed)
+
+    def cost(self, genome: Genome) -> dict[str, int]:
+        """Parameters and FLOPs of a genome's network, cached by identity."""
+        key = self.space.identity(genome)
+        if key not in self._costs:
+            self._costs[key] = self.space.cost(genome, *self.input_spec)
+        return self._costs[key]
+
+    def within_limits(self, genome: Genome) -> bool:
+        """The ``max_params`` / ``max_flops`` constraint every strategy honours."""
+        limits = {"params": self.config.max_params, "flops": self.config.max_flops}
+        if all(v is None for v in limits.values()):
+            return True
+        cost = self.cost(genome)
+        return all(limit is None or cost[key] <= limit for key, limit in limits.items())
+
+    def checkpoint_path(self, hash_: str, fidelity: int) -> Path:
+        """Where a multi-fidelity evaluation's training state is kept until it is promoted (or the search ends)."""
+        return self.output / CHECKPOINTS_DIR / f"{hash_}-e{fidelity}.pt"
+
+    def planned(self, index: int) -> PlannedEvaluation:
+        return next(p for p in self.in_flight if p.index == index)
+
+    def in_flight_indices(self) -> set[int]:
+        return {p.index for p in self.in_flight}
+
+    def unfinished(self, records: Sequence[Evaluation]) -> list[PlannedEvaluation]:
+        """Planned evaluations of the generation in flight that have no recorded outcome yet."""
+        done = {r.index for r in records}
+        return [p for p in self.in_flight if p.index not in done]
+
+    def stop_below(self, records: Sequence[Evaluation], generation: int) -> tuple[float | None, ...]:
+        return self.stopping.thresholds(records, generation) if self.stopping else ()
+
+    def plan_generation(self, records: Sequence[Evaluation]) -> bool:
+        """Plan the next generation: promotions first, then up to ``population`` unseen genomes within the budget.
+
+        False when there is nothing left to evaluate.
+        """
+        new_so_far = sum(r.origin != PROMOTION for r in records)
+        promoted = self.fidelity.promotions(records)[: self.config.population]
+        count = min(self.config.population - len(promoted), self.config.budget - new_so_far)
+        if not promoted and count <= 0:
+            return False
+        self.generation += 1
+        first = len(records) + 1
+        self.in_flight = [
+            PlannedEvaluation(first + i, self.generation, e.genome, e.hash, PROMOTION, (e.hash,), epochs, e.bracket,
+                              e.mlflow_run_id, e.fidelity, e.proxy)
+            for i, (e, epochs) in enumerate(promoted)
+        ]  # fmt: skip
+        for ordinal, (proposal, score) in enumerate(self._ask(count), start=new_so_far):
+            fidelity, bracket = self.fidelity.start(ordinal, train_config(self.config, self.fidelity, proposal.genome).epochs)
+            proxy = score if score is None or math.isfinite(score) else None
+            index = first + len(self.in_flight)
+            self.in_flight.append(
+                PlannedEvaluation(index, self.generation, proposal.genome, proposal.hash, proposal.origin,
+                                  tuple(proposal.parents), fidelity, bracket, proxy=proxy)
+            )  # fmt: skip
+        return True
+
+    def _ask(self, count: int) -> list[tuple[Any, float | None]]:
+        """``count`` new proposals; with a zero-cost proxy, scored, and only the best-scoring share kept."""
+        if count <= 0:
+            return []
+        if self.screen is None or self.score is None:
+            return [(p, None) for p in self.strategy.ask(count)]
+        kept, dropped = self.screen.screen(self.strategy.ask(self.screen.ask_count(count)), count, self.score)
+        self.screened += [{"hash": p.hash, "generation": self.generation, "proxy": s} for p, s in dropped]
+        return list(kept)
+
+    def generation_done(self) -> None:
+        self.in_flight = []
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "generation": self.generation,
+            "strategy": self.strategy.state_dict(),
+            "in_flight": [p.to_dict() for p in self.in_flight],
+            "screened": self.screened,
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.strategy.load_state_dict(state["strategy"])
+        self.generation = state["generation"]
+        self.in_flight = [PlannedEvaluation.from_dict(p) for p in state["in_flight"]]
+        self.screened = list(state.get("screened", []))

@@ -1,0 +1,12 @@
+"""Random search: the baseline every other strategy has to beat."""
+
+from __future__ import annotations
+
+from nas_core.strategies.base import Strategy, register_strategy
+
+
+@register_strategy("random")
+class RandomSearch(Strategy):
+    """Uniform samples from the space (never the same architecture twice)."""
+
+    name = "random"

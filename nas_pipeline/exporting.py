@@ -1,0 +1,41 @@
+"""The search's :class:`~nas_core.search.ports.ModelExporter`: ONNX (checked, compared with PyTorch), logged on the
+search's run, registered in the MLflow model registry, and handed over as a bundle."""
+
+from __future__ import annotations
+
+import json
+
+from nas_core.search.ports import ExportOutcome, ExportRequest, Tracker
+from nas_pipeline.handoff import PREPROCESSING_KEY, preprocessing_metadata, write_search_bundle
+from nas_pipeline.model_registry import register_search_best
+from nas_pipeline.onnx_export import export_onnx
+
+MODEL_FILE = "model.onnx"
+
+
+def model_metadata(request: ExportRequest) -> dict[str, str]:
+    """The ONNX metadata of the exported model: its provenance, genome, metrics, classes and preprocessing."""
+    data = request.data
+    value_range = "float32 in [{:g}, {:g}]".format(*data.input_range) if data.input_range else "float32 features"
+    return {
+        **request.provenance.tags(),
+        "nas.genome": request.best.genome.to_json(),
+        "nas.metrics": json.dumps(request.metrics, sort_keys=True),
+        "nas.input_range": value_range + "; normalisation is inside the model",
+        "nas.classes": json.dumps(data.classes),
+        PREPROCESSING_KEY: preprocessing_metadata(data),
+    }
+
+
+class OnnxExporter:
+    """Exports to ``<output>/model.onnx``, logs it, registers it and writes ``<output>/handoff/``."""
+
+    def export(self, request: ExportRequest, tracker: Tracker) -> ExportOutcome:
+        run_id, best = request.search_run_id, request.best
+        report = export_onnx(request.model, request.output / MODEL_FILE, request.data.x["test"], model_metadata(request))
+        tracker.log_artifact(run_id, report.path, "model")
+        tracker.log_metrics(run_id, {"onnx_max_abs_diff": report.max_abs_diff})
+        tracker.set_tags(run_id, {"best_run_id": best.mlflow_run_id, "best_hash": best.hash})
+        registration = register_search_best(request, report.path, tracker.tracking_uri)
+        handoff = write_search_bundle(request, report, registration, tracker.tracking_uri)
+        return ExportOutcome(report.path, report.max_abs_diff, report.samples, registration.to_dict(), handoff)

@@ -1,0 +1,326 @@
+"""MLflow as the search's :class:`~nas_core.search.ports.Tracker`: one parent run per search, one nested run per
+evaluation, every call retried while the store is busy."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, TypeVar
+
+from mlflow.entities import Metric, Param, Run, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+
+T = TypeVar("T")
+DEFAULT_DB_NAME = "mlflow.db"
+ARTIFACTS_DIR_NAME = "mlartifacts"
+TAG_PREFIX = "nas."
+
+
+def resolve_tracking_uri(project_dir: Path) -> str:
+    """``MLFLOW_TRACKING_URI`` when set, else a SQLite store inside the project folder."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(Path(project_dir) / DEFAULT_DB_NAME).resolve()}"
+
+
+def ui_command(tracking_uri: str) -> str:
+    """The command that opens the MLflow UI on this store."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"open {tracking_uri} in a browser"
+    return f"mlflow ui --backend-store-uri {tracking_uri}"
+
+
+# MLflow error codes that say "try again later" / "this request is wrong, retrying will not help".
+_TRANSIENT_CODES = frozenset({"TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", "DEADLINE_EXCEEDED"})
+_DETERMINISTIC_CODES = frozenset(
+    {
+        "INVALID_PARAMETER_VALUE",
+        "RESOURCE_DOES_NOT_EXIST",
+        "RESOURCE_ALREADY_EXISTS",
+        "RESOURCE_CONFLICT",
+        "INVALID_STATE",
+        "BAD_REQUEST",
+        "MALFORMED_REQUEST",
+        "ENDPOINT_NOT_FOUND",
+        "NOT_IMPLEMENTED",
+        "FEATURE_DISABLED",
+        "PERMISSION_DENIED",
+        "UNAUTHENTICATED",
+        "CUSTOMER_UNAUTHORIZED",
+    }
+)
+_TRANSIENT_HTTP_STATUS = (429, 502, 503, 504)
+# A store that is busy, rate limited, restarting or briefly unreachable (SQLite, Postgres/MySQL, HTTP, sockets).
+_TRANSIENT_MARKERS = (
+    "database is locked",
+    "database table is locked",
+    "database is busy",
+    "sqlite_busy",
+    "sqlite_locked",
+    "deadlock",
+    "temporarily unavailable",
+    "temporarily_unavailable",
+    "too many requests",
+    "rate limit",
+    "request_limit_exceeded",
+    "service unavailable",
+    "bad gateway",
+    "gateway timeout",
+    "gateway time-out",
+    *(f"{prefix} {code}" for code in _TRANSIENT_HTTP_STATUS for prefix in ("code", "status", "http", "too many")),
+    "connection refused",
+    "connection reset",
+    "connection aborted",
+    "remotedisconnected",
+    "newconnectionerror",
+    "read timed out",
+    "timeout exception",
+    "could not connect to server",
+    "server closed the connection",
+    "lost connection to",
+)
+# SQLAlchemy reports these as OperationalError (and MLflow as TEMPORARILY_UNAVAILABLE), yet they never heal by waiting.
+_DETERMINISTIC_MARKERS = ("no such table", "no such column", "unable to open database file", "readonly database", "syntax error")
+
+
+def _is_transient_link(exc: BaseException) -> bool:
+    """One exception of a chain, judged on its own."""
+    import sqlite3
+
+    import requests
+    import sqlalchemy.exc
+
+    if isinstance(exc, (ConnectionError, TimeoutError, requests.exceptions.ConnectionError, requests.exceptions.Timeout)):
+        return True
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    if isinstance(exc, requests.exceptions.HTTPError) and status in _TRANSIENT_HTTP_STATUS:
+        return True
+    if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated:
+        return True  # the database dropped the connection; the pool reconnects on the next call
+    message = str(exc).lower()
+    if any(marker in message for marker in _DETERMINISTIC_MARKERS):
+        return False
+    if isinstance(exc, MlflowException) and exc.error_code in _TRANSIENT_CODES:
+        return True
+    if isinstance(exc, (MlflowException, sqlalchemy.exc.OperationalError, sqlite3.OperationalError)):
+        return any(marker in message for marker in _TRANSIENT_MARKERS)
+    return False
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether ``exc`` means the tracking store was busy or unreachable, so the same call may succeed later.
+
+    Transient: SQLite "database is locked"/"busy" (as ``MlflowException`` or a raw SQLAlchemy/sqlite3
+    ``OperationalError``), "temporarily unavailable", rate limits and HTTP 429/502/503/504, dropped or refused
+    connections and timeouts (``ConnectionError``, ``TimeoutError``, their ``requests`` counterparts), also when
+    MLflow wrapped them in an ``MlflowException`` (the cause/context chain is followed). Deterministic errors
+    such as ``RESOURCE_DOES_NOT_EXIST`` or ``INVALID_PARAMETER_VALUE`` are never transient, whatever their
+    message says; neither is any other exception type (a plain ``OSError``, a training ``RuntimeError``).
+    """
+    if isinstance(exc, MlflowException) and exc.error_code in _DETERMINISTIC_CODES:
+        return False
+    seen: set[int] = set()
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen and len(seen) < 16:
+        seen.add(id(link))
+        if _is_transient_link(link):
+            return True
+        link = link.__cause__ or (None if link.__suppress_context__ else link.__context__)
+    return False
+
+
+def _retry(call: Callable[[], T], attempts: int = 8, delay: float = 0.2, max_delay: float = 8.0) -> T:
+    """Run a store call, retrying it with exponential back-off while it fails with a transient error.
+
+    Waits ``delay * 2**n`` seconds (at most ``max_delay``) between attempts: 0.2, 0.4, ... 6.4, 8 s, about
+    21 s in all with the defaults. Errors that are not transient (see :func:`is_transient`) are raised at once;
+    a transient one is raised after the last attempt.
+    """
+    for attempt in range(attempts):
+        try:
+            return call()
+        except Exception as exc:
+            if attempt == attempts - 1 or not is_transient(exc):
+                raise
+            time.sleep(min(delay * 2**attempt, max_delay))
+    raise AssertionError("unreachable")
+
+
+def _params(values: Mapping[str, Any]) -> list[Param]:
+    return [Param(str(k), str(v)[:6000]) for k, v in values.items()]
+
+
+def _tags(values: Mapping[str, Any]) -> list[RunTag]:
+    return [RunTag(str(k), str(v)) for k, v in values.items()]
+
+
+class MlflowTracker:
+    """Records a search in one MLflow experiment; safe to share between threads."""
+
+    def __init__(self, tracking_uri: str, experiment: str, artifact_root: Path | None = None) -> None:
+        self.tracking_uri = tracking_uri
+        self._experiment_name: str | None = experiment
+        self.client = MlflowClient(tracking_uri)
+        found = _retry(lambda: self.client.get_experiment_by_name(experiment))
+        if found is not None:
+            self.experiment_id = found.experiment_id
+        else:
+            local = tracking_uri.startswith(("sqlite:", "file:")) and artifact_root is not None
+            location = Path(artifact_root).resolve().as_uri() if local else None
+            try:
+                self.experiment_id = _retry(lambda: self.client.create_experiment(experiment, artifact_location=location))
+            except MlflowException:  # another process created it at the same moment
+                found = _retry(lambda: self.client.get_experiment_by_name(experiment))
+                if found is None:
+                    raise
+                self.experiment_id = found.experiment_id
+
+    def start_run(
+        self,
+        name: str,
+        params: Mapping[str, Any],
+        tags: Mapping[str, Any],
+        parent_run_id: str | None = None,
+    ) -> str:
+        """Create a run (nested under ``parent_run_id`` when given) with its params and tags; return its id."""
+        run_tags = {MLFLOW_RUN_NAME: name, **{f"{TAG_PREFIX}{k}": str(v) for k, v in tags.items()}}
+        if parent_run_id:
+            run_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
+        run = _retry(lambda: self.client.create_run(self.experiment_id, tags=run_tags, run_name=name))
+        self.log_params(run.info.run_id, params)
+        return run.info.run_id
+
+    def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
+        """Log params in batches of 100 (MLflow's limit per call)."""
+        items = _params(params)
+        for i in range(0, len(items), 100):
+            _retry(lambda chunk=items[i : i + 100]: self.client.log_batch(run_id, params=chunk))
+
+    def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        _retry(lambda: self.client.log_batch(run_id, metrics=batch))
+
+    def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
+        _retry(lambda: self.client.log_batch(run_id, tags=_tags({f"{TAG_PREFIX}{k}": v for k, v in tags.items()})))
+
+    def log_json(self, run_id: str, data: Any, artifact_file: str) -> None:
+        _retry(lambda: self.client.log_text(run_id, json.dumps(data, indent=2), artifact_file))
+
+    def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
+        _retry(lambda: self.client.log_artifact(run_id, str(path), artifact_path))
+
+    def end_run(self, run_id: str, ok: bool, status: str | None = None) -> None:
+        """Close a run as FINISHED or FAILED (or an explicit MLflow status such as KILLED)."""
+        final = status or ("FINISHED" if ok else "FAILED")
+        _retry(lambda: self.client.set_terminated(run_id, final))
+
+    @classmethod
+    def attach(cls, tracking_uri: str, experiment_id: str) -> MlflowTracker:
+        """A tracker for an experiment that already exists (in a worker process, say)."""
+        tracker = cls.__new__(cls)
+        tracker.tracking_uri, tracker.experiment_id, tracker._experiment_name = tracking_uri, experiment_id, None
+        tracker.client = MlflowClient(tracking_uri)
+        return tracker
+
+    @property
+    def experiment_name(self) -> str:
+        if self._experiment_name is None:
+            self._experiment_name = _retry(lambda: self.client.get_experiment(self.experiment_id)).name
+        return self._experiment_name
+
+    def spec(self) -> MlflowTrackerSpec:
+        return MlflowTrackerSpec(self.tracking_uri, self.experiment_id)
+
+    def open_search_run(self, name: str, params: Mapping[str, Any], tags: Mapping[str, Any]) -> tuple[str, bool]:
+        """A new parent run, or the run ``mlflow run`` opened for this process (``MLFLOW_RUN_ID``): that command closes it.
+
+        ``mlflow run`` has already logged the entry point's parameters as typed (``budget`` "2.0", say) and MLflow
+        refuses to change a logged value, so those keep their values and only the other settings are added.
+        """
+        outer = outer_mlflow_run(self.tracking_uri)
+        if outer is None or outer.info.experiment_id != self.experiment_id:
+            return self.start_run(name, params, tags), True
+        run_id = outer.info.run_id
+        self.log_params(run_id, {k: v for k, v in params.items() if k not in outer.data.params})
+        _retry(lambda: self.client.update_run(run_id, name=name))
+        self.set_tags(run_id, tags)
+        return run_id, False
+
+    def running_runs(self, search_id: str, roles: Sequence[str]) -> list[str]:
+        """Runs of the search with one of ``roles`` still RUNNING (left by a process that died)."""
+        return [
+            run.info.run_id
+            for role in roles
+            for run in self.search_runs({"search_id": search_id, "role": role}, status="RUNNING")
+        ]
+
+    def is_transient(self, exc: BaseException) -> bool:
+        return is_transient(exc)
+
+    def ui_hint(self) -> str:
+        return ui_command(self.tracking_uri)
+
+    def log_evaluation_plots(self, run_id: str, genome: Any, history: list[dict[str, float]], title: str, dims: int) -> None:
+        """The architecture diagram and the learning curves as PNGs under the run's ``plots/``; a plotting error is
+        tagged, never blamed on the candidate."""
+        from nas_pipeline.plots import architecture_png, learning_curves_png
+
+        try:
+            with tempfile.TemporaryDirectory() as folder:
+                paths = [architecture_png(genome, Path(folder) / "architecture.png", title, dims=dims)]
+                if history:
+                    paths.append(learning_curves_png(history, Path(folder) / "learning_curves.png", title))
+                for path in paths:
+                    self.log_artifact(run_id, path, "plots")
+        except Exception as exc:
+            if is_transient(exc):
+                raise
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            self.set_tags(run_id, {"plot_error": f"error: {type(exc).__name__}: {first}"})
+
+    def reopen_run(self, run_id: str) -> None:
+        """Mark a run RUNNING again (a resumed search continues under its old parent run)."""
+        _retry(lambda: self.client.update_run(run_id, status="RUNNING"))
+
+    def search_runs(self, tags: Mapping[str, str], status: str | None = None) -> list[Run]:
+        """Runs of this experiment whose ``nas.`` tags have the given values (and status, when given)."""
+        clauses = [f"tags.`{TAG_PREFIX}{k}` = '{v}'" for k, v in tags.items()]
+        if status:
+            clauses.append(f"attributes.status = '{status}'")
+        query = " and ".join(clauses)
+        return _retry(lambda: list(self.client.search_runs([self.experiment_id], query, max_results=50_000)))
+
+
+def outer_mlflow_run(tracking_uri: str) -> Run | None:
+    """The run ``mlflow run`` opened for this process (``MLFLOW_RUN_ID``), when it is RUNNING in this store."""
+    run_id = os.environ.get("MLFLOW_RUN_ID")
+    if not run_id:
+        return None
+    try:
+        run = _retry(lambda: MlflowClient(tracking_uri).get_run(run_id))
+    except MlflowException:  # another store's run, or a stale variable: the search opens its own run
+        return None
+    return run if run.info.status == "RUNNING" else None
+
+
+@dataclass(frozen=True)
+class MlflowTrackerSpec:
+    """A picklable handle on an experiment of a tracking store; each process connects once."""
+
+    tracking_uri: str
+    experiment_id: str
+
+    def connect(self) -> MlflowTracker:
+        return _attached(self.tracking_uri, self.experiment_id)
+
+
+@lru_cache(maxsize=8)
+def _attached(tracking_uri: str, experiment_id: str) -> MlflowTracker:
+    return MlflowTracker.attach(tracking_uri, experiment_id)

@@ -1,0 +1,132 @@
+"""One candidate's job: failures come back as outcomes, infrastructure errors are raised (and retried by the flow)."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from prefect.testing.utilities import prefect_test_harness
+
+import flows.search
+import nas_core.evaluation.worker
+from flows.cli import EXIT_FAILED, main
+from flows.search import nas_search
+from nas_core.config import SearchConfig
+from nas_core.evaluation.devices import shared_leases
+from nas_core.evaluation.worker import evaluate
+from nas_pipeline import dvc_versioning as versioning
+from nas_pipeline.dvc_versioning import DvcDataStore
+from nas_pipeline.pipeline import build_search
+from tests.conftest import make_project
+from tests.nas_core.search.test_table_search import write_table
+
+
+@pytest.fixture
+def digits_run(project):
+    run = build_search(SearchConfig(project_dir=project, output=project / "out", budget=2, population=2, epochs=1), "jobs")
+    run.prepare()
+    return run
+
+
+def test_a_candidate_that_raises_is_a_failed_outcome_and_frees_its_device(digits_run, monkeypatch):
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(nas_core.evaluation.worker, "train_genome", out_of_memory)
+    job = digits_run.propose()[0]
+    outcome = evaluate(job)
+    assert outcome.status == "failed" and outcome.weights is None
+    assert outcome.reason == "error: OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"
+    assert all(count == 0 for count in shared_leases(("cpu",), None).holders().values())
+    record = digits_run.record(outcome)
+    remote = MlflowClient(digits_run.tracker.tracking_uri).get_run(record.mlflow_run_id)
+    assert remote.info.status == "FAILED" and remote.data.tags["nas.failure_reason"] == outcome.reason
+
+
+def test_a_diverging_candidate_fails_with_the_reason(digits_run):
+    job = digits_run.propose()[0]
+    job = type(job)(**{**job.__dict__, "train": type(job.train)(**{**job.train.__dict__, "lr": 1e30, "optimizer": "sgd"})})
+    outcome = evaluate(job)
+    assert outcome.status == "failed" and outcome.reason.startswith("diverged")
+
+
+def test_infrastructure_errors_are_raised_not_blamed_on_the_candidate(digits_run, monkeypatch):
+    def store_down(*args, **kwargs):
+        raise MlflowException("(sqlite3.OperationalError) database is locked")
+
+    monkeypatch.setattr(nas_core.evaluation.worker, "train_genome", store_down)
+    job = digits_run.propose()[0]
+    with pytest.raises(MlflowException, match="locked"):
+        evaluate(job)
+
+
+def test_a_worker_refuses_data_of_another_version(digits_run, monkeypatch):
+    job = digits_run.propose()[0]
+    monkeypatch.setattr(nas_core.evaluation.worker, "_DATA", {})  # a fresh worker process: nothing cached
+    stale = type(job)(**{**job.__dict__, "dataset_version": "0" * 32 + ".dir"})
+    with pytest.raises(versioning.DataIntegrityError, match="dvc checkout"):
+        evaluate(stale)
+    outcome = evaluate(job)  # the real version loads and trains
+    assert outcome.ok and outcome.weights is not None
+
+
+def _table_config(project, table, **settings):
+    return {"project_dir": str(project), "output": str(project / "out"), "space": "nb201", "evaluator": f"table:{table}",
+            "select_metric": "val", "report_metric": "test", "budget": 6, "population": 3, "workers": 2, **settings}  # fmt: skip
+
+
+def test_the_flow_retries_a_transient_error_and_never_a_candidate_failure(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    table = write_table(tmp_path / "table.json")
+    calls: list[int] = []
+
+    def flaky(job):
+        calls.append(job.index)
+        if job.index == 2 and calls.count(2) == 1:
+            raise MlflowException("RESOURCE_EXHAUSTED: server temporarily unavailable, try again")
+        if job.index == 3:  # a deterministic failure of this candidate: its table cannot be read
+            job = dataclasses.replace(job, table=(str(tmp_path / "missing.json"), "val", "test"))
+        return evaluate(job)
+
+    monkeypatch.setattr(flows.search, "evaluate", flaky)
+    with prefect_test_harness():
+        summary = nas_search(_table_config(make_project(tmp_path / "p"), table), search_id="retry", show_progress=False)
+    assert sorted(calls) == [1, 2, 2, 3, 4, 5, 6], "the transient error was retried once; the failure was not"
+    statuses = {c["index"]: c["status"] for c in summary["candidates"]}
+    assert statuses[2] == "ok" and statuses[3] == "failed"
+    assert summary["candidates"][2]["reason"].startswith("error: TableError: cannot read table")
+
+
+def test_a_search_where_every_candidate_fails_exits_non_zero_with_a_message(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    project = make_project(tmp_path / "p")
+    with prefect_test_harness():
+        code = main(["search", "--project-dir", str(project), "--output", str(project / "out"), "--budget", "2",
+                     "--population", "2", "--epochs", "1", "--candidate-timeout", "0.000001", "--quiet"])  # fmt: skip
+    assert code == EXIT_FAILED
+    captured = capsys.readouterr()
+    assert "every candidate failed" in captured.err
+    assert "2 trained, 0 ok, 2 failed" in captured.out
+
+
+def test_corrupted_data_stops_the_search_before_any_candidate(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    project = make_project(tmp_path / "p")
+    DvcDataStore(project).prepare("digits")
+    target = project / "data" / "digits" / "train_x.npy"
+    corrupted = np.load(target)
+    corrupted[0, 0, 0, 0] += 0.5
+    np.save(target, corrupted)
+    before = target.read_bytes()
+    with prefect_test_harness():
+        code = main(["search", "--project-dir", str(project), "--output", str(project / "out"), "--budget", "2", "--quiet"])
+    assert code == EXIT_FAILED
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: data/ does not match data.dvc (modified: data/digits/train_x.npy)")
+    assert "dvc checkout" in err[-1]
+    assert target.read_bytes() == before, "the evidence is left as it was"
+    assert not (project / "mlflow.db").exists() or not MlflowClient(f"sqlite:///{project / 'mlflow.db'}").search_runs(
+        [e.experiment_id for e in MlflowClient(f"sqlite:///{project / 'mlflow.db'}").search_experiments()]
+    ), "no candidate was started"

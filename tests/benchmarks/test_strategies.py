@@ -39,6 +39,7 @@ def run_main(table, out, strategies="random,bo,optuna-tpe"):
     return json.loads(out.read_text())
 
 
+@pytest.mark.slow
 def test_json_results_are_sane_and_deterministic(table, tmp_path):
     first = run_main(table, tmp_path / "a.json")
     assert first["table"] == str(table)

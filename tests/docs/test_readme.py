@@ -241,3 +241,12 @@ def test_relative_links_resolve(page: Path) -> None:
         elif anchor and path.suffix == ".md" and anchor not in _anchors(path):
             broken.append(f"{target}: no heading #{anchor} in {path.relative_to(ROOT)}")
     assert not broken, f"{page.relative_to(ROOT)}:\n" + "\n".join(broken)
+
+
+def test_the_settings_table_in_the_docs_is_the_one_generated_from_search_config():
+    from nas_core.config import settings_table_markdown
+
+    text = (ROOT / "docs" / "configuration.md").read_text()
+    start, end = "<!-- settings table: generated -->\n", "\n<!-- end of settings table -->"
+    assert start in text and end in text
+    assert text.split(start, 1)[1].split(end, 1)[0] == settings_table_markdown().rstrip()

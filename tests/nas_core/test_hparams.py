@@ -406,6 +406,7 @@ def test_encode_appends_one_one_hot_block_per_hparam(kind):
     assert not np.array_equal(space.encode(g), space.encode(other))
 
 
+@pytest.mark.slow
 def test_enumerate_of_nb201_crosses_architectures_with_settings():
     choices = {"lr": [0.1, 0.01], "optimizer": ["adam", "sgd"]}
     space = create_space("nb201", hparams=choices)

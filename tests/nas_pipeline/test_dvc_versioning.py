@@ -21,6 +21,7 @@ def _files(folder):
     return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow
 def test_preparing_digits_in_a_fresh_clone_reproduces_the_committed_hash(project):
     ensure_repo(project)
     prepare_dataset("digits", project / "data")
@@ -34,6 +35,7 @@ def test_preparing_digits_in_a_fresh_clone_reproduces_the_committed_hash(project
     assert (project / "data.dvc").read_text() == before
 
 
+@pytest.mark.slow
 def test_tracking_leaves_a_committed_clone_clean(project):
     ensure_repo(project)
     prepare_dataset("digits", project / "data")
@@ -45,6 +47,7 @@ def test_tracking_leaves_a_committed_clone_clean(project):
     assert git_status(project) == ""
 
 
+@pytest.mark.slow
 def test_push_then_pull_restores_the_data_from_the_default_local_remote(project):
     ensure_repo(project)
     assert "local" in run_dvc(project, "remote", "list")
@@ -92,6 +95,7 @@ def _flip_bytes(path, at=200):
     path.write_bytes(bytes(data))
 
 
+@pytest.mark.slow
 def test_freshly_tracked_data_passes_the_integrity_check(tracked):
     check_data(tracked)
 
@@ -112,6 +116,7 @@ def test_a_corrupted_file_is_named_with_how_to_restore_it(tracked):
     check_data(tracked)
 
 
+@pytest.mark.slow
 def test_added_and_deleted_files_are_reported(tracked):
     (tracked / "data" / "digits" / "extra.npy").write_bytes(b"not part of the dataset")
     (tracked / "data" / "digits" / "test_y.npy").unlink()
@@ -129,6 +134,7 @@ def _forget_cache(root):
     shutil.rmtree(root / ".dvc" / "tmp", ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_without_a_cache_a_mismatch_is_caught_and_pull_is_suggested(tracked):
     push_data(tracked)
     _forget_cache(tracked)
@@ -141,6 +147,7 @@ def test_without_a_cache_a_mismatch_is_caught_and_pull_is_suggested(tracked):
     check_data(tracked)
 
 
+@pytest.mark.slow
 def test_without_any_manifest_the_directory_hash_still_catches_a_mismatch(tracked):
     _forget_cache(tracked)  # nothing pushed either
     check_data(tracked)

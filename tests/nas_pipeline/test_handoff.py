@@ -93,6 +93,7 @@ def imported(stderr: str) -> set[str]:
     return {line.split("|")[-1].strip().split(".")[0] for line in stderr.splitlines() if line.startswith("import time:")}
 
 
+@pytest.mark.slow
 def test_search_writes_the_bundle_and_records_it_in_the_summary(searched):
     project, run = searched
     best = SearchSummary.read(run.output).best
@@ -136,6 +137,7 @@ def test_one_provenance_is_written_alike_to_runs_onnx_registry_and_card(searched
     assert candidate_tags["nas.search_run_id"] == tags["nas.search_run_id"]
 
 
+@pytest.mark.slow
 def test_model_card_states_input_preprocessing_metrics_and_provenance(searched):
     project, run = searched
     best, c = run.best(), card(run.output / "handoff")
@@ -176,6 +178,7 @@ def test_model_card_states_input_preprocessing_metrics_and_provenance(searched):
         assert text in md
 
 
+@pytest.mark.slow
 def test_predict_py_alone_agrees_with_the_pytorch_model(searched, tmp_path, only_numpy_and_onnxruntime):
     project, run = searched
     site = only_numpy_and_onnxruntime
@@ -203,6 +206,7 @@ def test_predict_py_alone_agrees_with_the_pytorch_model(searched, tmp_path, only
     assert [p["label"] for p in json.loads(example.stdout)["predictions"]] == card(bundle)["example"]["predicted"]
 
 
+@pytest.mark.slow
 def test_predict_py_writes_csv_takes_scaled_integers_and_rejects_bad_input(searched, tmp_path, only_numpy_and_onnxruntime):
     project, run = searched
     site = only_numpy_and_onnxruntime
@@ -235,6 +239,7 @@ def test_predict_py_writes_csv_takes_scaled_integers_and_rejects_bad_input(searc
         assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], (args, lines)
 
 
+@pytest.mark.slow
 def test_nas_export_rebuilds_the_bundle_without_touching_the_search(searched, tmp_path, capsys):
     project, run = searched
     before = snapshot(run.output)
@@ -278,6 +283,7 @@ def test_card_inputs_take_the_provenance_from_the_model_and_the_best_from_the_su
         card_inputs_from_output(copy)
 
 
+@pytest.mark.slow
 def test_nas_export_of_an_older_search_reads_the_normalisation_from_the_project(searched, tmp_path):
     """A model exported before the normalisation was in its metadata, and no bundle: the project's data of that version."""
     project, run = searched
@@ -294,6 +300,7 @@ def test_nas_export_of_an_older_search_reads_the_normalisation_from_the_project(
     assert exported["example"] is None and not (tmp_path / "bundle" / "example_input.npy").exists()
 
 
+@pytest.mark.slow
 def test_nas_export_bad_input_is_one_line_and_writes_nothing(searched, tmp_path, capsys, monkeypatch):
     project, run = searched
     monkeypatch.chdir(tmp_path)

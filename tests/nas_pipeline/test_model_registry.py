@@ -65,6 +65,7 @@ def versions(client: MlflowClient, name: str) -> dict[str, dict[str, str]]:
     return {str(v.version): v.tags for v in client.search_model_versions(f"name = '{name}'")}
 
 
+@pytest.mark.slow
 def test_a_search_registers_its_best_model_as_an_onnx_version_with_signature_and_example(registered, monkeypatch):
     project, first, second = registered
     client = MlflowClient(first.tracker.tracking_uri)
@@ -95,6 +96,7 @@ def test_a_search_registers_its_best_model_as_an_onnx_version_with_signature_and
     assert Path(project / "mlartifacts").is_dir() and not (project.parent / "mlruns").exists()
 
 
+@pytest.mark.slow
 def test_a_worse_search_is_kept_unpromoted_with_the_reason_in_its_tags_and_summary(registered):
     project, first, second = registered
     client = MlflowClient(second.tracker.tracking_uri)
@@ -109,6 +111,7 @@ def test_a_worse_search_is_kept_unpromoted_with_the_reason_in_its_tags_and_summa
     assert summary["best"]["registry"]["champion_version"] == "1"
 
 
+@pytest.mark.slow
 def test_a_better_model_moves_the_alias_and_another_dataset_version_does_not(registered, monkeypatch):
     project, first, second = registered
     uri = second.tracker.tracking_uri
@@ -135,6 +138,7 @@ def test_a_better_model_moves_the_alias_and_another_dataset_version_does_not(reg
     assert set(versions(client, name)) == {"1", "2", "3", "4"}
 
 
+@pytest.mark.slow
 def test_exporting_a_search_again_reuses_its_version(registered):
     """A search resumed after its export (but before its summary) exports again: no second version."""
     project, first, second = registered

@@ -68,6 +68,7 @@ def _search(project, **settings):
     return search_directly(project, "mf", **{"population": 3, "workers": 1, **settings})
 
 
+@pytest.mark.slow
 def test_successive_halving_promotes_the_best_and_continues_them_from_their_checkpoint(project, single_torch_thread):
     import dataclasses
 
@@ -109,6 +110,7 @@ def test_successive_halving_promotes_the_best_and_continues_them_from_their_chec
         assert torch.equal(tensor, run.best_weights[name]), name
 
 
+@pytest.mark.slow
 def test_a_resumed_multi_fidelity_search_plans_the_same_generations(project, single_torch_thread):
     from nas_core.config import SearchConfig
     from nas_core.evaluation.worker import evaluate

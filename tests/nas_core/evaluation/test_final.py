@@ -5,6 +5,7 @@ import json
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
@@ -12,6 +13,7 @@ from nas_core.search.final import FINAL_ROLE
 from tests.conftest import search_directly
 
 
+@pytest.mark.slow
 def test_the_winner_is_retrained_exported_and_linked_to_its_candidate(project, single_torch_thread):
     run = search_directly(project, "final", budget=2, population=2, epochs=1, final_epochs=2)
     best, final = run.best(), run.finalist.model

@@ -63,6 +63,7 @@ def _with_nan_inputs(data, split: str):
 # ---- a good genome learns -----------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_good_genome_reaches_high_validation_accuracy(trained):
     result, _ = trained
     assert result.status == "ok"
@@ -72,6 +73,7 @@ def test_good_genome_reaches_high_validation_accuracy(trained):
     assert result.train_seconds > 0
 
 
+@pytest.mark.slow
 def test_history_has_one_finite_entry_per_epoch(trained):
     result, _ = trained
     assert len(result.history) == EPOCHS
@@ -87,12 +89,14 @@ def test_history_has_one_finite_entry_per_epoch(trained):
     assert (result.val_loss, result.val_accuracy, result.val_f1) == (last.val_loss, last.val_accuracy, last.val_f1)
 
 
+@pytest.mark.slow
 def test_on_epoch_is_called_once_per_epoch_in_order(trained):
     result, calls = trained
     assert calls == result.history
     assert [m.epoch for m in calls] == list(range(1, EPOCHS + 1))
 
 
+@pytest.mark.slow
 def test_test_metrics_params_and_flops_are_reported(trained, digits):
     result, _ = trained
     assert 0.85 < result.test_accuracy <= 1.0
@@ -109,6 +113,7 @@ def test_test_metrics_params_and_flops_are_reported(trained, digits):
     assert all(math.isfinite(v) for v in metrics.values())
 
 
+@pytest.mark.slow
 def test_test_metrics_come_from_the_test_split(trained, digits):
     result, _ = trained
     with torch.no_grad():
@@ -120,6 +125,7 @@ def test_test_metrics_come_from_the_test_split(trained, digits):
 # ---- seeding --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_same_seed_gives_identical_metrics_and_history(short_runs):
     first, second, _ = short_runs
     assert first.status == second.status == "ok"
@@ -128,6 +134,7 @@ def test_same_seed_gives_identical_metrics_and_history(short_runs):
     assert (first.test_accuracy, first.test_f1) == (second.test_accuracy, second.test_f1)
 
 
+@pytest.mark.slow
 def test_different_seed_gives_different_train_losses(short_runs):
     first, _, other = short_runs
     assert other.status == "ok"
@@ -148,6 +155,7 @@ def test_exploding_learning_rate_fails_as_diverged(digits):
 
 
 @pytest.mark.parametrize("split", ["train", "val"])
+@pytest.mark.slow
 def test_nan_inputs_fail_as_diverged(digits, split):
     result = train_genome(good_genome(), _with_nan_inputs(digits, split), TrainConfig(epochs=1, seed=0))
     assert result.status == "failed"
@@ -216,6 +224,7 @@ def _saved_and_loaded(state: TrainState, tmp_path) -> TrainState:
 
 
 @pytest.mark.parametrize("augment", ["none", "shift-flip"])
+@pytest.mark.slow
 def test_continuing_a_saved_state_equals_training_straight_through(small, tmp_path, augment):
     config = TrainConfig(epochs=4, seed=3, augment=augment)
     straight = train_genome(good_genome(), small, config)
@@ -325,6 +334,7 @@ def test_auto_precision_on_cpu_is_fp32(small):
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
+@pytest.mark.slow
 def test_half_precision_autocast_trains_on_cpu(small, precision):
     result = train_genome(good_genome(), small, TrainConfig(epochs=2, seed=0, precision=precision))
     fp32 = train_genome(good_genome(), small, TrainConfig(epochs=2, seed=0, precision="fp32"))
@@ -385,6 +395,7 @@ def test_cuda_state_continues_on_cuda_and_on_cpu(small):
     assert on_cpu.status == "ok" and on_cpu.history[-1].train_loss < first.history[0].train_loss
 
 
+@pytest.mark.slow
 def test_learning_curve_early_stopping_ends_a_candidate_below_the_curve(digits):
     config = TrainConfig(epochs=4, seed=0, stop_below=(None, 1.0, None, None))  # epoch 2's bar is out of reach
     stopped = train_genome(good_genome(), digits, config)
@@ -396,6 +407,7 @@ def test_learning_curve_early_stopping_ends_a_candidate_below_the_curve(digits):
     assert passing.stopped_at == 0 and len(passing.history) == 2 and "stopped_at_epoch" not in passing.metrics()
 
 
+@pytest.mark.slow
 def test_a_training_nobody_will_continue_keeps_no_state(digits):
     kept = train_genome(good_genome(), digits, TrainConfig(epochs=1, seed=0))
     skipped = train_genome(good_genome(), digits, TrainConfig(epochs=1, seed=0), keep_state=False)

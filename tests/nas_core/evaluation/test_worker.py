@@ -30,6 +30,7 @@ def digits_run(project):
     return run
 
 
+@pytest.mark.slow
 def test_a_candidate_that_raises_is_a_failed_outcome_and_frees_its_device(digits_run, monkeypatch):
     def out_of_memory(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
@@ -52,6 +53,7 @@ def test_a_diverging_candidate_fails_with_the_reason(digits_run):
     assert outcome.status == "failed" and outcome.reason.startswith("diverged")
 
 
+@pytest.mark.slow
 def test_infrastructure_errors_are_raised_not_blamed_on_the_candidate(digits_run, monkeypatch):
     def store_down(*args, **kwargs):
         raise MlflowException("(sqlite3.OperationalError) database is locked")
@@ -62,6 +64,7 @@ def test_infrastructure_errors_are_raised_not_blamed_on_the_candidate(digits_run
         evaluate(job)
 
 
+@pytest.mark.slow
 def test_a_worker_refuses_data_of_another_version(digits_run, monkeypatch):
     job = digits_run.propose()[0]
     monkeypatch.setattr(nas_core.evaluation.worker, "_DATA", {})  # a fresh worker process: nothing cached
@@ -77,6 +80,7 @@ def _table_config(project, table, **settings):
             "select_metric": "val", "report_metric": "test", "budget": 6, "population": 3, "workers": 2, **settings}  # fmt: skip
 
 
+@pytest.mark.slow
 def test_the_flow_retries_a_transient_error_and_never_a_candidate_failure(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     table = write_table(tmp_path / "table.json")
@@ -99,6 +103,7 @@ def test_the_flow_retries_a_transient_error_and_never_a_candidate_failure(tmp_pa
     assert summary["candidates"][2]["reason"].startswith("error: TableError: cannot read table")
 
 
+@pytest.mark.slow
 def test_a_search_where_every_candidate_fails_exits_non_zero_with_a_message(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     project = make_project(tmp_path / "p")
@@ -111,6 +116,7 @@ def test_a_search_where_every_candidate_fails_exits_non_zero_with_a_message(tmp_
     assert "2 trained, 0 ok, 2 failed" in captured.out
 
 
+@pytest.mark.slow
 def test_corrupted_data_stops_the_search_before_any_candidate(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     project = make_project(tmp_path / "p")

@@ -104,6 +104,7 @@ def gated(tmp_path_factory):
     return project, passed, missed
 
 
+@pytest.mark.slow
 def test_a_gate_the_best_passes_exits_0_and_says_so(gated):
     project, (code, out, err), _ = gated
     assert code == EXIT_OK, err[-2000:]
@@ -112,6 +113,7 @@ def test_a_gate_the_best_passes_exits_0_and_says_so(gated):
     assert f"Markdown summary: {project / 'reports' / 'passed.md'}" in out
 
 
+@pytest.mark.slow
 def test_an_impossible_gate_exits_3_with_one_line_naming_the_metric(gated):
     project, _, (code, out, err) = gated
     assert code == EXIT_GATE == 3
@@ -122,6 +124,7 @@ def test_an_impossible_gate_exits_3_with_one_line_naming_the_metric(gated):
     assert (project / "out2" / "model.onnx").is_file()  # the search itself finished: only the gate missed
 
 
+@pytest.mark.slow
 def test_markdown_summary_has_the_numbers_of_summary_json(gated):
     project, _, _ = gated
     summary = json.loads((project / "out1" / "summary.json").read_text())

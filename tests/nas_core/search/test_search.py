@@ -13,6 +13,7 @@ def _run(project, **settings):
     return search_directly(project, **{"epochs": 1, "population": 2, "budget": 2, **settings})
 
 
+@pytest.mark.slow
 def test_genome_hyperparameters_drive_training_and_are_logged(project):
     run = _run(project, hparams={"batch_size": [16, 32], "lr": [0.002]})
     client = MlflowClient(run.tracker.tracking_uri)
@@ -24,6 +25,7 @@ def test_genome_hyperparameters_drive_training_and_are_logged(project):
         assert params["train.lr"] == "0.002"
 
 
+@pytest.mark.slow
 def test_candidates_that_fail_are_recorded_and_an_all_failed_search_says_so(project):
     run = _run(project, candidate_timeout=1e-6)
     assert [r.status for r in run.records] == ["failed", "failed"]
@@ -41,6 +43,7 @@ def test_candidates_that_fail_are_recorded_and_an_all_failed_search_says_so(proj
     assert on_disk["candidates"][0]["reason"].startswith("timeout")
 
 
+@pytest.mark.slow
 def test_best_is_chosen_by_validation_never_by_test(project):
     run = _run(project)
     a, b = run.records
@@ -51,6 +54,7 @@ def test_best_is_chosen_by_validation_never_by_test(project):
     assert run.best() is b, "ties on validation go to the smaller model"
 
 
+@pytest.mark.slow
 def test_max_params_is_a_constraint_on_proposals(project):
     run = _run(project, max_params=3_000)
     assert all(r.metrics.get("params", 0) <= 3_000 for r in run.records)
@@ -65,6 +69,7 @@ def test_space_options_only_reach_spaces_that_take_them(space):
     assert options == ({"min_nodes": 3, "max_nodes": 4} if space == "image" else {})
 
 
+@pytest.mark.slow
 def test_a_zero_cost_proxy_screens_proposals_and_is_logged_on_every_run(project):
     run = _run(project, budget=4, population=4, proxy="naswot", proxy_keep=0.5)
     trained = [r.proxy for r in run.records]
@@ -81,6 +86,7 @@ def test_a_zero_cost_proxy_screens_proposals_and_is_logged_on_every_run(project)
     assert rho is None or -1.0 <= rho <= 1.0
 
 
+@pytest.mark.slow
 def test_median_early_stopping_judges_later_generations_by_earlier_curves(project):
     run = _run(project, budget=6, population=3, epochs=4, early_stop="median")
     first = [r for r in run.records if r.generation == 1]

@@ -172,6 +172,7 @@ def test_cli_refuses_an_image_space_on_sequences_in_one_line(tmp_path, capsys, m
     assert sorted(p.name for p in tmp_path.iterdir()) == ["seq.npz"], "bad input writes nothing"
 
 
+@pytest.mark.slow
 def test_tiny_search_on_npz_sequences_trains_and_exports_a_1d_onnx_model(project):
     from mlflow.tracking import MlflowClient
 

@@ -32,7 +32,7 @@ PREFECT_STARTUP_TIMEOUT = int(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEO
 # A Prefect server takes 20 s and more to boot on a loaded 2-core machine, and prefect_test_harness() boots a new one
 # each time with a 30 s limit: the session boots one, on first use, and every user shares it: the `prefect_server`
 # fixture (its API URL, for PREFECT_API_URL of `nas` subprocesses), flows run in the test process without a harness
-# (Prefect's temporary server is this same instance), and every `with prefect_test_harness():` in a test file.
+# (Prefect's temporary server is this same instance), and every `with shared_prefect_harness():` in a test file.
 
 
 def _start_prefect_server() -> str:
@@ -57,10 +57,6 @@ def shared_prefect_harness(server_startup_timeout: int | None = None) -> Iterato
         yield
 
 
-# Test modules import ``prefect_test_harness`` after this conftest: they get the shared one.
-import prefect.testing.utilities  # noqa: E402  (after the environment above: Prefect reads it when imported)
-
-prefect.testing.utilities.prefect_test_harness = shared_prefect_harness
 
 
 @pytest.fixture(scope="session")

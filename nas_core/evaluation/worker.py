@@ -27,7 +27,7 @@ import torch
 
 from nas_core.data.preparation import PreparedData
 from nas_core.evaluation.devices import shared_leases, visible_devices
-from nas_core.evaluation.table import TableEvaluator
+from nas_core.evaluation.evaluators import Evaluator, create_evaluator
 from nas_core.evaluation.training import TrainState, train_genome
 from nas_core.search.ports import DataStore, InfrastructureError, Tracker
 from nas_core.search.records import EvaluationRequest, EvaluationResult
@@ -61,8 +61,8 @@ def _space(name: str, options_json: str, hparams_json: str) -> SearchSpace:
 
 
 @lru_cache(maxsize=4)
-def _table(path: str, select: str, report: str) -> TableEvaluator:
-    return TableEvaluator.load(Path(path), select, report)
+def _table(path: str, select: str, report: str) -> Evaluator:
+    return create_evaluator("table", path=Path(path), select=select, report=report)
 
 
 def space_of(request: EvaluationRequest) -> SearchSpace:

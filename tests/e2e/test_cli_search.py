@@ -10,12 +10,11 @@ import onnxruntime as ort
 import pytest
 from mlflow.tracking import MlflowClient
 from prefect.task_runners import ThreadPoolTaskRunner
-from prefect.testing.utilities import prefect_test_harness
 
 from flows.search import nas_search
 from nas_pipeline.dvc_versioning import DvcDataStore, tracked_version
 from nas_pipeline.onnx_export import read_metadata
-from tests.conftest import git_status, make_project
+from tests.conftest import git_status, make_project, shared_prefect_harness
 
 BUDGET, EPOCHS = 5, 2
 
@@ -25,7 +24,7 @@ def searched(tmp_path_factory):
     project = make_project(tmp_path_factory.mktemp("e2e") / "project")
     config = {"project_dir": str(project), "output": str(project / "out"), "budget": BUDGET, "epochs": EPOCHS,
               "population": 3, "workers": 2, "seed": 0, "strategy": "evolution"}  # fmt: skip
-    with pytest.MonkeyPatch.context() as mp, prefect_test_harness():
+    with pytest.MonkeyPatch.context() as mp, shared_prefect_harness():
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
         flow = nas_search.with_options(task_runner=ThreadPoolTaskRunner(max_workers=2))
         summary = flow(config, search_id="e2e-search", show_progress=False)
@@ -126,7 +125,7 @@ def test_state_checkpoint_lists_every_finished_candidate(searched):
     state = json.loads((project / "out" / "state.json").read_text())
     finished = sorted(state["finished"], key=lambda c: c["index"])  # in the order they finished
     assert [c["hash"] for c in finished] == [c["hash"] for c in summary["candidates"]]
-    assert state["current"] == [], "no generation is left in flight at the end"
+    assert state["in_flight"] == [], "no generation is left in flight at the end"
     json.dumps(state["strategy"])  # plain data
 
 

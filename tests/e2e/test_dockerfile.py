@@ -91,7 +91,7 @@ def test_build_context_builds_the_package(tmp_path):
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
         entry_points = archive.read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
-    assert {"flows/cli.py", "nas_core/search.py", "nas_core/gate.py"} <= names
+    assert {"flows/cli.py", "nas_core/search/loop.py", "nas_core/search/gate.py", "nas_pipeline/pipeline.py"} <= names
     assert re.search(r"^nas = flows\.cli:main$", entry_points, re.MULTILINE)
 
 

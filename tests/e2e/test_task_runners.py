@@ -6,11 +6,10 @@ import os
 import pytest
 from distributed import LocalCluster
 from mlflow.tracking import MlflowClient
-from prefect.testing.utilities import prefect_test_harness
 
 from flows.search import search_flow
 from nas_core.config import SearchConfig
-from tests.conftest import make_project
+from tests.conftest import make_project, shared_prefect_harness
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +26,7 @@ def test_a_real_search_on_worker_processes(tmp_path, monkeypatch, cluster, runne
     address = cluster.scheduler_address if runner == "dask" else None
     config = SearchConfig(project_dir=project, output=project / "out", budget=4, epochs=2, population=4, workers=2,
                           runner=runner, dask_address=address)  # fmt: skip
-    with prefect_test_harness():
+    with shared_prefect_harness():
         summary = search_flow(config)(config.model_dump(mode="json"), search_id=f"on-{runner}", show_progress=False)
     assert len(summary["candidates"]) == 4 and summary["best"] is not None
     assert os.path.isfile(summary["best"]["onnx_path"])

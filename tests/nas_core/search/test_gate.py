@@ -10,12 +10,11 @@ import subprocess
 import pytest
 import typer
 import yaml
-from prefect.testing.utilities import prefect_test_harness
 
 from flows.cli import EXIT_FAILED, EXIT_GATE, EXIT_OK, EXIT_USAGE, app, main
 from nas_core.search.gate import Gate, GateError, check_gates, failure_line, markdown_summary, parse_gate, parse_gates
 from nas_core.search.summary import SearchSummary
-from tests.conftest import REPO_ROOT, make_project
+from tests.conftest import REPO_ROOT, make_project, shared_prefect_harness
 
 WORKFLOW = REPO_ROOT / "examples" / "github-actions-nas.yml"
 TINY = ["--budget", "2", "--epochs", "1", "--population", "2", "--workers", "1", "--seed", "0", "--quiet"]
@@ -92,7 +91,7 @@ def _run(argv: list[str]) -> tuple[int, str, str]:
 def gated(tmp_path_factory):
     """Two tiny real searches in one project: one gate that the best passes, one that it cannot."""
     project = make_project(tmp_path_factory.mktemp("gate") / "project")
-    with pytest.MonkeyPatch.context() as mp, prefect_test_harness():
+    with pytest.MonkeyPatch.context() as mp, shared_prefect_harness():
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
         mp.delenv("MLFLOW_RUN_ID", raising=False)
         mp.chdir(project)

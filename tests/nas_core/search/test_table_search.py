@@ -5,7 +5,6 @@ import json
 
 import pytest
 from mlflow.tracking import MlflowClient
-from prefect.testing.utilities import prefect_test_harness
 
 from flows.cli import EXIT_USAGE, main
 from flows.search import nas_search
@@ -14,7 +13,7 @@ from nas_core.spaces import create_space
 from nas_core.spaces.nb201 import EDGES, NB201_OPS, format_arch
 from nas_core.strategies import STRATEGIES, CandidateResult
 from nas_pipeline.pipeline import build_search
-from tests.conftest import make_project
+from tests.conftest import make_project, shared_prefect_harness
 
 SCORE = {"none": 0.0, "skip_connect": 1.0, "avg_pool_3x3": 0.5, "nor_conv_1x1": 2.0, "nor_conv_3x3": 3.0}
 
@@ -36,7 +35,7 @@ def table_search(tmp_path_factory):
     config = {"project_dir": str(project), "output": str(project / "out"), "space": "nb201", "strategy": "evolution",
               "evaluator": f"table:{table}", "select_metric": "val", "report_metric": "test", "budget": 24,
               "population": 8, "workers": 2, "seed": 3, "max_params": 600_000}  # fmt: skip
-    with pytest.MonkeyPatch.context() as mp, prefect_test_harness():
+    with pytest.MonkeyPatch.context() as mp, shared_prefect_harness():
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
         summary = nas_search(config, search_id="table-search", show_progress=False)
     return project, table, summary

@@ -208,5 +208,5 @@ def test_tiny_search_on_npz_sequences_trains_and_exports_a_1d_onnx_model(project
     assert not meta["nas.input_range"].startswith("float32 in [0, 1]")  # float features keep their own range
     assert (project / "data" / "npz-waves" / "meta.json").is_file()
     _DATA.clear()  # as in a worker process: the job's dataset name finds the prepared folder
-    data = load_data(project, job.dataset, job.dataset_version)
+    data = load_data(job.data, job.dataset, job.dataset_version)
     assert data.input_shape == (2, 24) and data.classes == ["a", "b", "c", "d", "e"]

@@ -57,8 +57,6 @@ def shared_prefect_harness(server_startup_timeout: int | None = None) -> Iterato
         yield
 
 
-
-
 @pytest.fixture(scope="session")
 def prefect_server() -> str:
     """API URL of the session's Prefect server; pass it as PREFECT_API_URL to `nas` subprocesses."""

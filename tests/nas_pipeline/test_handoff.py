@@ -112,6 +112,7 @@ def test_search_writes_the_bundle_and_records_it_in_the_summary(searched):
     assert json.loads(metadata[PREPROCESSING_KEY]) == stored
 
 
+@pytest.mark.slow
 def test_one_provenance_is_written_alike_to_runs_onnx_registry_and_card(searched):
     from mlflow.tracking import MlflowClient
 

@@ -41,6 +41,7 @@ def table_search(tmp_path_factory):
     return project, table, summary
 
 
+@pytest.mark.slow  # the module's search runs through the Prefect flow
 def test_table_search_evaluates_the_budget_without_training_or_export(table_search):
     project, table, summary = table_search
     assert len(summary["candidates"]) == 24
@@ -50,6 +51,7 @@ def test_table_search_evaluates_the_budget_without_training_or_export(table_sear
     assert not (project / "data").exists(), "a table search prepares no dataset"
 
 
+@pytest.mark.slow  # the module's search runs through the Prefect flow
 def test_selection_uses_the_select_column_and_reports_the_other(table_search):
     _, table, summary = table_search
     rows = json.loads(table.read_text())
@@ -66,6 +68,7 @@ def _genome(data):
     return Genome.from_dict(data)
 
 
+@pytest.mark.slow  # the module's search runs through the Prefect flow
 def test_every_candidate_respects_max_params_and_has_a_nested_run(table_search):
     _, _, summary = table_search
     client = MlflowClient(summary["mlflow_tracking_uri"])

@@ -47,7 +47,8 @@ class PlannedEvaluation:
     proxy: float | None = None  # the zero-cost proxy's score at initialisation
 
     def to_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "genome": self.genome.to_dict(), "parents": list(self.parents)}
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}  # asdict would deep-copy the genome
+        return {**values, "genome": self.genome.to_dict(), "parents": list(self.parents)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PlannedEvaluation:

@@ -80,7 +80,6 @@ class Search:
         self.resume = resume
         self.config = config = resolve_config(config, self.search_id)
         self.output = Path(config.output)  # resolved: absolute
-        self.project_dir = Path(config.project_dir)
         self.data_store, self.connect_tracker = data_store, connect_tracker
         self.exporter, self.reporter = exporter, reporter or NoReports()
         self.observer: Observer = observer or SilentObserver()

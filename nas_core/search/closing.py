@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from nas_core.evaluation.worker import EPOCH_METRICS  # logged per epoch by the worker
 from nas_core.search.final import FINAL_METRICS
 from nas_core.search.ports import Tracker
 from nas_core.search.records import Evaluation, FinalModel
 
-EPOCH_METRICS = ("train_loss", "val_loss", "val_accuracy", "val_f1")  # logged per epoch by the worker
 KILLED_REASON = "killed: the search stopped while this candidate was running; it was queued again on resume"
 
 

@@ -21,7 +21,7 @@ from typing import Any
 from torch import nn
 
 from nas_core.config import SearchConfig
-from nas_core.data.preparation import PreparedData
+from nas_core.data.preparation import PreparedData, load_prepared
 from nas_core.evaluation.table import TableEvaluator
 from nas_core.evaluation.worker import remember_data
 from nas_core.genome import Genome
@@ -42,7 +42,7 @@ from nas_core.search.ports import (
     SilentObserver,
     Tracker,
 )
-from nas_core.search.proposing import Proposer
+from nas_core.search.proposing import TABLE_INPUT_SPEC, Proposer
 from nas_core.search.records import (
     PROMOTION,
     DatasetRef,
@@ -56,9 +56,6 @@ from nas_core.search.requests import RequestContext
 from nas_core.search.setup import new_search_id, resolve_config
 from nas_core.search.summary import BestModel, SearchSummary
 from nas_core.strategies import CandidateResult
-
-# tabular benchmarks (NAS-Bench-201) are on CIFAR-10: costs are computed for its inputs
-TABLE_INPUT_SHAPE, TABLE_NUM_CLASSES = (3, 32, 32), 10
 
 
 class Search:
@@ -167,7 +164,7 @@ class Search:
             self.dataset = DatasetRef(f"table:{self.table.path.name}", self.table.version, self.table.path.resolve())
         else:
             self.dataset = self.data_store.prepare(self.config.dataset, self.config.data_root, self.config.download)
-            self.data = self.data_store.load(self.config.dataset, self.dataset.version)
+            self.data = load_prepared(self.dataset.path.parent, self.config.dataset)  # just prepared and versioned
             remember_data(self.data_store, self.config.dataset, self.dataset.version, self.data)  # workers here reuse it
         self.proposer.bind(self.input_spec(), self.data)
         self.provenance = Provenance.of_search(self.search_id, self.dataset.name, self.dataset.version)
@@ -213,7 +210,7 @@ class Search:
         """Input shape and class count the networks are built for (CIFAR-10's for tables)."""
         if self.data is not None:
             return tuple(self.data.input_shape), self.data.num_classes
-        return TABLE_INPUT_SHAPE, TABLE_NUM_CLASSES
+        return TABLE_INPUT_SPEC
 
     def cost(self, genome: Genome) -> dict[str, int]:
         return self.proposer.cost(genome)

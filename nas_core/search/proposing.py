@@ -21,6 +21,9 @@ from nas_core.search.setup import space_options
 from nas_core.spaces import create_space
 from nas_core.strategies import Strategy, create_strategy
 
+# tabular benchmarks (NAS-Bench-201) are on CIFAR-10: their costs are computed for its inputs
+TABLE_INPUT_SPEC: tuple[tuple[int, ...], int] = ((3, 32, 32), 10)
+
 
 class Proposer:
     """The space, the strategy and the pieces that decide what the next generation evaluates."""
@@ -41,7 +44,7 @@ class Proposer:
         self.generation = 0
         self.in_flight: list[PlannedEvaluation] = []  # the generation being evaluated
         self.screened: list[dict[str, Any]] = []  # proposals the zero-cost proxy kept from training
-        self.input_spec: tuple[tuple[int, ...], int] = ((3, 32, 32), 10)
+        self.input_spec: tuple[tuple[int, ...], int] = TABLE_INPUT_SPEC
         self.score: Callable[[Genome], float] | None = None  # the proxy's score, once the data is there
         self._costs: dict[str, dict[str, int]] = {}
         if config.init_genome is not None and not resume:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import errno
+import logging
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -43,24 +46,73 @@ class UsageProblem(Exception):
     """Bad input from the user: reported as one line with exit code 2."""
 
 
-def _prefect_environment(project_dir: Path) -> None:
-    """Keep Prefect's state inside the project, offline, and quiet unless the user says otherwise."""
+SEARCH_LOG = "search.log"  # in the search's output folder: Prefect's warnings and errors, with their tracebacks
+
+
+def _prefect_environment(project_dir: Path, quiet_console: bool = False) -> None:
+    """Keep Prefect's state inside the project, offline, and quiet unless the user says otherwise.
+
+    With ``quiet_console`` (a search) Prefect writes nothing under CRITICAL to the terminal, where a failure is one
+    line of ours: :func:`_log_to` keeps the details in the search's log file (NAS_DEBUG=1 shows them here).
+    """
     os.environ.setdefault("PREFECT_HOME", str((project_dir / ".prefect").resolve()))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+    if quiet_console and not os.environ.get("NAS_DEBUG"):
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
+
+
+class _SearchLog(logging.FileHandler):
+    """The search's log file; when it cannot be written (a full disk) it goes quiet instead of printing tracebacks:
+    the search's own one-line error says what failed."""
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        logging.getLogger().removeHandler(self)
+        with contextlib.suppress(OSError):
+            self.close()
+
+
+def _log_to(path: Path) -> None:
+    """Send warnings and errors logged in this process (Prefect's flow and task failures) to ``path``; call it after
+    Prefect is imported, which configures logging. The file is created only when something is logged."""
+    handler = _SearchLog(path, encoding="utf-8", delay=True)
+    handler.setLevel(logging.WARNING)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
+
+
+def _tracking_server_problem() -> str | None:
+    """The error line when the tracking server set by MLFLOW_TRACKING_URI does not answer (in 5 s), else None.
+
+    Checked before anything is written or started. Not the user's input (the server is down): exit code 1.
+    """
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
+    if not uri.startswith(("http://", "https://")):
+        return None
+    from nas_pipeline.mlflow_tracking import TrackingUnavailable, check_reachable
+
+    try:
+        check_reachable(uri)
+    except TrackingUnavailable as exc:
+        return f"error: {escape(str(exc))}; start it, or unset MLFLOW_TRACKING_URI to use the project's mlflow.db"
+    return None
 
 
 def _check_writable(folder: Path) -> None:
     """Fail early, leaving nothing behind, when ``folder`` cannot hold the search's outputs."""
     if folder.exists() and not folder.is_dir():
         raise UsageProblem(f"output '{folder}' exists and is not a folder; pass another --output")
+    from flows.preflight import MIN_FREE_BYTES
+
     created = [p for p in (folder, *folder.parents) if not p.exists()]
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=folder):
             pass
+        if shutil.disk_usage(folder).free < MIN_FREE_BYTES:  # a full disk still takes an empty file
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     except OSError as exc:
         for path in created:
             if path.is_dir():
@@ -78,6 +130,7 @@ def _load_search_config(config_file: Path | None, overrides: dict[str, Any]):
         raise UsageProblem(str(exc)) from None
     if not config.project_dir.is_dir():
         raise UsageProblem(f"project folder '{config.project_dir}' does not exist; pass --project-dir")
+    _check_places(config)  # cheap: a read-only or full project stops here, before any data is read
     if config.table_path is not None:
         from nas_core.evaluation.table import TableError, TableEvaluator
 
@@ -85,23 +138,49 @@ def _load_search_config(config_file: Path | None, overrides: dict[str, Any]):
             TableEvaluator.load(config.table_path, config.select_metric, config.report_metric)
         except TableError as exc:
             raise UsageProblem(str(exc)) from None
-    if config.init_genome is not None:
-        from nas_core.genome import Genome, GenomeError
+    if config.init_genome is not None:  # its limits and structure first: cheap, and before any data is read
+        from nas_core.genome import Genome
 
-        try:
-            Genome.from_json(config.init_genome.read_text()).validate()
-        except OSError as exc:
-            raise UsageProblem(f"cannot read genome file {config.init_genome}: {exc.strerror}") from None
-        except GenomeError as exc:
-            raise UsageProblem(f"invalid genome in {config.init_genome}: {exc}") from None
-    from nas_core.data.preparation import DatasetError
+        _genome_or_usage(config.init_genome, Genome.read)
+    from nas_core.data.preparation import DatasetError, read_source
     from nas_core.search.setup import fit_space_to_data
 
     try:  # the source is there and the space fits its inputs (no --space: image or sequence, by the data)
         config = fit_space_to_data(config)
+        if config.table_path is None:  # then its data is read and checked: bad data is bad input, found before the search
+            read_source(config.dataset, config.data_root, config.download)
     except DatasetError as exc:
         raise UsageProblem(str(exc)) from None
+    if config.init_genome is not None:  # the space is known now: the genome must be one it can propose
+        from nas_core.search.proposing import read_init_genome
+        from nas_core.search.setup import space_options
+        from nas_core.spaces import create_space
+
+        space = create_space(config.space, hparams=config.hparams, **space_options(config))
+        _genome_or_usage(config.init_genome, lambda path: read_init_genome(path, space))
     return config
+
+
+def _check_places(config) -> None:
+    """Every place the search writes to (project, data, stores) can be written; else bad input, nothing written."""
+    from flows.preflight import NotWritable, check_places, search_places
+
+    try:
+        check_places(search_places(config))
+    except NotWritable as exc:
+        raise UsageProblem(str(exc)) from None
+
+
+def _genome_or_usage(path: Path, read):
+    """``read(path)``; an unreadable file or an invalid genome is bad input."""
+    from nas_core.genome import GenomeError
+
+    try:
+        return read(path)
+    except OSError as exc:
+        raise UsageProblem(f"cannot read genome file {path}: {exc.strerror}") from None
+    except GenomeError as exc:
+        raise UsageProblem(f"invalid genome in {path}: {exc}") from None
 
 
 def _check_not_a_search(folder: Path) -> None:
@@ -114,7 +193,7 @@ def _check_not_a_search(folder: Path) -> None:
 def _resumed_config(target: str, config_file: Path | None, overrides: dict[str, Any]):
     """The saved config of the search to resume, with the execution settings given now."""
     from nas_core.config import EXECUTION_SETTINGS, ConfigError, config_from
-    from nas_core.search.checkpoint import ResumeError, read_saved_search
+    from nas_core.search.checkpoint import ResumeError, check_resume_files, read_saved_search
     from nas_pipeline.pipeline import find_search_output
 
     given = [option_name(k) for k in overrides if k not in EXECUTION_SETTINGS and k != "project_dir"]
@@ -130,6 +209,15 @@ def _resumed_config(target: str, config_file: Path | None, overrides: dict[str, 
         raise UsageProblem(str(exc)) from None
     if (folder / "summary.json").exists():
         raise UsageProblem(f"search {saved['search_id']} in '{folder}' already finished (summary.json exists); nothing to resume")
+    _check_places(config)
+    from nas_core.search.proposing import Proposer
+
+    restore = Proposer(config, folder, resume=True).load_state  # the strategy's state is checked by loading it
+    try:  # every file the search will read, before anything starts: a damaged one is named here, not in a traceback
+        for note in check_resume_files(folder, saved["search_id"], config.table_path is None, restore):
+            console.print(f"warning: {escape(note)}")
+    except ResumeError as exc:
+        raise UsageProblem(str(exc)) from None
     return config, saved["search_id"]
 
 
@@ -155,6 +243,8 @@ def _print_summary(summary: SearchSummary) -> None:
         table.add_row("size", f"{best.params:,} params, {best.flops:,} FLOPs")
         if best.onnx_path:
             table.add_row("ONNX model", f"{best.onnx_path} (max |diff| vs PyTorch {best.onnx_max_abs_diff:.2e})")
+        elif best.model_error:
+            table.add_row("ONNX model", f"none: {escape(best.model_error)}")
     table.add_row("MLflow", f"experiment '{summary.mlflow_experiment}', parent run {summary.mlflow_run_id}")
     Console().print(table)
     print(f"summary: {summary.folder / 'summary.json'}")
@@ -195,10 +285,10 @@ def _parse_gates(texts: list[str] | None, summary_md: Path | None) -> list[Gate]
 def _check_gate_metrics(gates: list[Gate], table_evaluator: bool) -> None:
     if not gates:
         return
-    from nas_core.search.gate import GateError, check_unavailable
+    from nas_core.search.gate import GateError, check_applicable
 
     try:
-        check_unavailable(gates, table_evaluator)
+        check_applicable(gates, table_evaluator)
     except GateError as exc:
         raise UsageProblem(str(exc)) from None
 
@@ -212,6 +302,12 @@ def _gate_and_markdown(summary: SearchSummary, gates: list[Gate], summary_md: Pa
         print(f"Markdown summary: {write_markdown_summary(summary_md.absolute(), summary, checks, base=Path.cwd())}")
     if summary.best is None:
         console.print("error: every candidate failed; see the failure_reason tags of the runs in MLflow")
+        return EXIT_FAILED
+    if summary.best.model_error:
+        console.print(
+            f"error: the search has no model: {escape(summary.best.model_error)}; the best genome is in "
+            f"{summary.folder / 'summary.json'} (best.genome)"
+        )
         return EXIT_FAILED
     if checks and not all(c.passed for c in checks):
         console.print(failure_line(checks))
@@ -257,10 +353,16 @@ def search(
         config, search_id = _resumed_config(resume, config_file, overrides)
         config = _with_default_workers(config)
         _check_gate_metrics(gates, config.table_path is not None)
+        if problem := _tracking_server_problem():
+            console.print(problem)
+            return EXIT_FAILED
         out = Path(config.output)
     else:
         config = _with_default_workers(_load_search_config(config_file, overrides))
         _check_gate_metrics(gates, config.table_path is not None)
+        if problem := _tracking_server_problem():
+            console.print(problem)
+            return EXIT_FAILED
         from nas_core.search.setup import new_search_id
 
         search_id = new_search_id()
@@ -268,9 +370,10 @@ def search(
         _check_writable(out)
         _check_not_a_search(out)
         config = config.model_copy(update={"output": out})
-    _prefect_environment(config.project_dir)  # before anything imports prefect
+    _prefect_environment(config.project_dir, quiet_console=True)  # before anything imports prefect
     from flows.search import search_flow
 
+    _log_to(out / SEARCH_LOG)
     plan = (
         f"{config.budget} candidates x {config.min_epochs}..{config.top_epochs} epochs (eta {config.eta}, {config.schedule})"
         if config.fidelity == "epochs"
@@ -280,13 +383,22 @@ def search(
         f"{'resuming search' if resume else 'search'} {search_id}: {config.strategy} on {config.dataset}, "
         f"{plan}, {config.workers} in parallel ({config.runner}) -> {out}"
     )
+    from flows.signals import Interrupted, stop_on_signals
     from nas_core.search.summary import SearchSummary
+    from nas_pipeline.mlflow_tracking import TrackingUnavailable
 
-    summary = SearchSummary.from_dict(
-        search_flow(config)(
-            config.model_dump(mode="json"), search_id=search_id, show_progress=not quiet, resume=resume is not None
-        )
-    )
+    try:
+        with stop_on_signals():  # Ctrl-C and SIGTERM: candidates' runs KILLED, checkpoint kept, out in seconds
+            result = search_flow(config)(
+                config.model_dump(mode="json"), search_id=search_id, show_progress=not quiet, resume=resume is not None
+            )
+    except Interrupted as exc:
+        console.print(f"stopped by {exc}: runs in flight marked KILLED, checkpoint kept; continue: nas search --resume {out}")
+        return exc.exit_code
+    except TrackingUnavailable as exc:
+        console.print(f"error: {escape(str(exc))}; the search stopped; continue it with: nas search --resume {out}")
+        return EXIT_FAILED
+    summary = SearchSummary.from_dict(result)
     _print_summary(summary)
     return _gate_and_markdown(summary, gates, summary_md)
 
@@ -305,13 +417,18 @@ def prepare(
     ] = False,
 ) -> int:
     """Prepare a dataset under data/, track it with DVC (data.dvc) and push it to the DVC remote."""
-    from nas_core.data.preparation import DatasetError, inspect_source
+    from flows.preflight import NotWritable, check_places, data_places
+    from nas_core.data.preparation import DatasetError, inspect_source, read_source
     from nas_pipeline.dvc_versioning import DvcDataStore
 
-    try:
+    if not project_dir.is_dir():
+        raise UsageProblem(f"project folder '{project_dir}' does not exist; pass --project-dir")
+    try:  # everything checked, the data read included, before DVC or data/ is touched
         inspect_source(dataset, data_root, download)
+        check_places(data_places(project_dir, dataset))
+        read_source(dataset, data_root, download)
         ref = DvcDataStore(project_dir).prepare(dataset, data_root, download)
-    except DatasetError as exc:
+    except (DatasetError, NotWritable) as exc:
         raise UsageProblem(str(exc)) from None
     print(f"prepared {ref.name} in {ref.path}; dataset version {ref.version} (data.dvc)")
     return EXIT_OK
@@ -320,14 +437,9 @@ def prepare(
 @app.command()
 def validate(genome_file: Annotated[Path, typer.Argument(help="Genome JSON file.")]) -> int:
     """Check a genome file; print its canonical hash."""
-    from nas_core.genome import Genome, GenomeError
+    from nas_core.genome import Genome
 
-    try:
-        genome = Genome.from_json(genome_file.read_text()).validate()
-    except OSError as exc:
-        raise UsageProblem(f"cannot read genome file {genome_file}: {exc.strerror}") from None
-    except GenomeError as exc:
-        raise UsageProblem(f"invalid genome in {genome_file}: {exc}") from None
+    genome = _genome_or_usage(genome_file, lambda path: Genome.read(path).validate())
     print(f"valid genome: {len(genome.nodes) - 2} ops, {len(genome.edges)} edges, hash {genome.canonical_hash()}")
     return EXIT_OK
 

@@ -55,11 +55,12 @@ def _yaml_value(value: str | None) -> Any:
 
 def _help(setting: str, rich_markup: bool) -> str:
     """The field's description as a sentence, with its default."""
-    from nas_core.config import SearchConfig, default_text
+    from nas_core.config import SearchConfig, default_text, range_text
 
     field = SearchConfig.model_fields[setting]
     description = field.description or ""
-    text = description[:1].upper() + description[1:] + "."
+    allowed = range_text(setting)
+    text = description[:1].upper() + description[1:] + (f" ({allowed})" if allowed else "") + "."
     default = default_text(setting)
     if isinstance(field.default, bool):
         default = option_name(setting)[2:] if field.default else "no-" + option_name(setting)[2:]

@@ -9,19 +9,29 @@ checked, so that importing this module stays cheap for the command line.
 from __future__ import annotations
 
 import difflib
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from nas_core.hparams import check_choices
+from nas_core.limits import MAX_OPS
 
 
 class ConfigError(ValueError):
     """The configuration is invalid; the message says which setting and how to fix it."""
+
+
+# Upper bounds of numeric settings: far above any sensible search, they catch typos and absurd sizes early.
+MAX_COUNT = 100_000  # budget, population
+MAX_EPOCHS = 10_000
+MAX_WORKERS = 1024
+MAX_SECONDS = 30 * 24 * 3600  # candidate_timeout: 30 days
+MAX_COST = 10**15  # max_params, max_flops
 
 
 def default_workers() -> int:
@@ -44,12 +54,13 @@ class SearchConfig(BaseModel):
     space: str = Field(
         "image", description="search space: image, nb201 or sequence (when not set: image, or sequence for N x C x L data)"
     )
-    budget: int = Field(20, ge=1, description="number of candidates to train")
-    epochs: int = Field(12, ge=1, description="training epochs per candidate")
-    population: int = Field(8, ge=1, description="candidates per generation (and evolution's population)")
+    budget: int = Field(20, ge=1, le=MAX_COUNT, description="number of candidates to train")
+    epochs: int = Field(12, ge=1, le=MAX_EPOCHS, description="training epochs per candidate")
+    population: int = Field(8, ge=1, le=MAX_COUNT, description="candidates per generation (and evolution's population)")
     workers: int = Field(
         default_factory=default_workers,
         ge=1,
+        le=MAX_WORKERS,
         description="candidates trained in parallel (default: one per core, at most 8; on GPUs one per GPU slot, "
         "GPUs x candidates_per_gpu)",
     )
@@ -60,29 +71,43 @@ class SearchConfig(BaseModel):
         None, description="scheduler address of an existing Dask cluster (runner dask; when not set: a local cluster)"
     )
     device: str = Field("auto", description="'auto' (GPUs when visible), 'cpu', 'cuda' or visible GPU indices like '0,1'")
-    candidates_per_gpu: int = Field(1, ge=1, description="candidates sharing one GPU at once")
-    seed: int = Field(0, description="seed for proposals and training (same settings and seed: same proposals)")
+    candidates_per_gpu: int = Field(1, ge=1, le=64, description="candidates sharing one GPU at once")
+    seed: int = Field(
+        0, ge=0, le=2**32 - 1, description="seed for proposals and training (same settings and seed: same proposals)"
+    )
     output: Path | None = Field(None, description="output folder (default: outputs/<search id>)")
     project_dir: Path = Field(Path("."), description="project folder holding data.dvc, data/ and mlflow.db")
     experiment: str | None = Field(None, description="MLflow experiment (default: nas-<dataset>)")
-    batch_size: int = Field(64, ge=1, description="training batch size")
+    batch_size: int = Field(64, ge=1, le=65536, description="training batch size")
     optimizer: Literal["adam", "adamw", "sgd"] = Field("adamw", description="training optimizer: adam, adamw or sgd")
-    lr: float = Field(0.005, gt=0, description="learning rate (at the start of a cosine schedule)")
-    weight_decay: float = Field(1e-4, ge=0, description="weight decay of the optimizer")
+    lr: float = Field(0.005, gt=0, le=10, description="learning rate (at the start of a cosine schedule)")
+    weight_decay: float = Field(1e-4, ge=0, le=10, description="weight decay of the optimizer")
     candidate_timeout: float | None = Field(
-        None, gt=0, description="seconds before a candidate is stopped and recorded as failed (when not set: no limit)"
+        None,
+        gt=0,
+        le=MAX_SECONDS,
+        description="seconds before a candidate is stopped and recorded as failed (when not set: no limit)",
     )
-    min_nodes: int = Field(2, ge=1, description="fewest ops in a genome")
-    max_nodes: int = Field(6, ge=1, description="most ops in a genome")
+    tracking_timeout: float = Field(
+        300,
+        gt=0,
+        le=MAX_SECONDS,
+        description="seconds the search waits for an unreachable or busy MLflow store before it stops (resumably, exit 1)",
+    )
+    min_nodes: int = Field(2, ge=1, le=MAX_OPS, description="fewest ops in a genome")
+    max_nodes: int = Field(6, ge=1, le=MAX_OPS, description="most ops in a genome")
     init_genome: Path | None = Field(None, description="genome JSON file to evaluate first")
     evaluator: str = Field("train", description="'train' (real training) or 'table:PATH' (a tabular benchmark)")
     select_metric: str = Field("val_acc_200", description="table column used to select (table evaluator)")
     report_metric: str = Field("test_acc_200", description="table column reported, never used to select")
     max_params: int | None = Field(
-        None, ge=1, description="only propose architectures with at most this many parameters (every strategy honours it)"
+        None,
+        ge=1,
+        le=MAX_COST,
+        description="only propose architectures with at most this many parameters (every strategy honours it)",
     )
     max_flops: int | None = Field(
-        None, ge=1, description="only propose architectures with at most this many FLOPs (every strategy honours it)"
+        None, ge=1, le=MAX_COST, description="only propose architectures with at most this many FLOPs (every strategy honours it)"
     )
     hparams: dict[str, list[Any]] | None = Field(
         None, description="training hyperparameters searched with the architecture: a YAML mapping such as {lr: [0.001, 0.01]}"
@@ -98,9 +123,11 @@ class SearchConfig(BaseModel):
         description="'epochs': multi-fidelity search: many candidates get min_epochs, the best 1/eta of a rung are promoted "
         "to eta times the epochs (continuing from their checkpoint) up to max_epochs; 'none': all get epochs",
     )
-    min_epochs: int = Field(2, ge=1, description="multi-fidelity: epochs of the first rung")
-    max_epochs: int | None = Field(None, ge=1, description="multi-fidelity: epochs of the last rung (default: epochs)")
-    eta: int = Field(3, ge=2, description="multi-fidelity: keep the best 1/eta of a rung, give them eta times the epochs")
+    min_epochs: int = Field(2, ge=1, le=MAX_EPOCHS, description="multi-fidelity: epochs of the first rung")
+    max_epochs: int | None = Field(
+        None, ge=1, le=MAX_EPOCHS, description="multi-fidelity: epochs of the last rung (default: epochs)"
+    )
+    eta: int = Field(3, ge=2, le=100, description="multi-fidelity: keep the best 1/eta of a rung, give them eta times the epochs")
     schedule: Literal["halving", "hyperband"] = Field(
         "halving", description="multi-fidelity: successive halving, or hyperband (brackets starting at every rung)"
     )
@@ -117,11 +144,32 @@ class SearchConfig(BaseModel):
         "an epoch is below the median of earlier candidates at that epoch (from a quarter of the epochs on)",
     )
     final_epochs: int = Field(
-        0, ge=0, description="retrain the best for this many epochs (on final_splits) before export (0: export it as trained)"
+        0,
+        ge=0,
+        le=MAX_EPOCHS,
+        description="retrain the best for this many epochs (on final_splits) before export (0: export it as trained)",
     )
     final_splits: Literal["train+val", "train"] = Field(
         "train+val", description="what the final training trains on: train+val or train"
     )
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _plain_scalars(cls, value: Any, info: ValidationInfo) -> Any:
+        """Numbers and switches as written: no true for 1, no '5' or 5.0 for 5, no infinity or NaN."""
+        kind = _scalar_kind(cls.model_fields[info.field_name].annotation)
+        if value is None or kind is None:
+            return value
+        if kind is bool and not isinstance(value, bool):
+            raise ValueError(f"must be true or false, got {value!r}")
+        if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ValueError(f"must be a whole number, got {value!r}")
+        if kind is float:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"must be a number, got {value!r}")
+            if not math.isfinite(value):
+                raise ValueError(f"must be a finite number, got {value!r}")
+        return value
 
     @field_validator("hparams")
     @classmethod
@@ -186,7 +234,8 @@ SETTING_GROUPS: dict[str, tuple[str, ...]] = {
     "Fast evaluation": ("fidelity", "min_epochs", "max_epochs", "eta", "schedule", "proxy", "proxy_keep", "early_stop"),
     "Tabular benchmark": ("evaluator", "select_metric", "report_metric"),
     "Final model": ("final_epochs", "final_splits"),
-    "Execution": ("workers", "runner", "dask_address", "device", "candidates_per_gpu", "candidate_timeout"),
+    "Execution": ("workers", "runner", "dask_address", "device", "candidates_per_gpu", "candidate_timeout",
+                  "tracking_timeout"),
     "Output and tracking": ("output", "project_dir", "experiment"),
 }  # fmt: skip
 """Every setting once, by topic, in the order ``nas search --help`` and the settings table show them."""
@@ -205,6 +254,18 @@ def default_text(name: str) -> str | None:
     return str(field.default)
 
 
+def range_text(name: str) -> str | None:
+    """The allowed range of numeric setting ``name`` from its bounds, e.g. ``1 to 100,000``; None when unbounded."""
+    bounds = {type(m).__name__: getattr(m, attr) for m in SearchConfig.model_fields[name].metadata
+              for attr in ("ge", "gt", "le", "lt") if hasattr(m, attr)}  # fmt: skip
+    high = f"{bounds['Le']:,}" if "Le" in bounds else None
+    if "Gt" in bounds:
+        return f"above {bounds['Gt']:,}" + (f", at most {high}" if high else "")
+    if "Ge" in bounds:
+        return f"{bounds['Ge']:,} to {high}" if high else f"at least {bounds['Ge']:,}"
+    return f"at most {high}" if high else None
+
+
 def settings_table_markdown() -> str:
     """Every setting as a Markdown table (setting, default, description), grouped as in ``SETTING_GROUPS``."""
     rows = ["| Setting | Default | Description |", "| --- | --- | --- |"]
@@ -212,6 +273,8 @@ def settings_table_markdown() -> str:
         for name in names:
             default = default_text(name)
             description = (SearchConfig.model_fields[name].description or "").replace("|", "\\|")
+            if (allowed := range_text(name)) is not None:
+                description += f" ({allowed})"
             rows.append(f"| `{name}` | {f'`{default}`' if default is not None else ''} | {description} |")
     return "\n".join(rows) + "\n"
 
@@ -231,6 +294,12 @@ def with_default_workers(config: SearchConfig) -> SearchConfig:
     if "workers" not in config.model_fields_set and gpus and not remote:
         return config.model_copy(update={"workers": len(visible_devices(config.device)) * config.candidates_per_gpu})
     return config
+
+
+def _scalar_kind(annotation: Any) -> type | None:
+    """bool, int or float when a field holds one of them (or None), else None."""
+    kinds = [kind for kind in get_args(annotation) if kind is not type(None)] if get_origin(annotation) else [annotation]
+    return kinds[0] if len(kinds) == 1 and kinds[0] in (bool, int, float) else None
 
 
 def _known(kind: str, value: str, registry: Mapping[str, Any]) -> str:
@@ -278,6 +347,8 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1}" if mark else ""
+            if isinstance(exc, yaml.constructor.ConstructorError):  # e.g. !!python/object: safe_load refuses it
+                raise ConfigError(f"config file {path} has a YAML tag that is not allowed{where}; write plain values") from None
             raise ConfigError(f"config file {path} is not valid YAML{where}; fix its syntax") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"config file {path} must be a mapping of settings, e.g. 'budget: 20'")

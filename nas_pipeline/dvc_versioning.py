@@ -16,6 +16,7 @@ from nas_core.data.preparation import PreparedData, load_prepared, prepare_datas
 from nas_core.data.store import DATA_SEED
 from nas_core.search.ports import InfrastructureError
 from nas_core.search.records import DatasetRef
+from nas_pipeline.locks import machine_lock
 
 DATA_DIR = "data"
 DVC_FILE = "data.dvc"
@@ -143,11 +144,12 @@ class DvcDataStore:
         :class:`DataIntegrityError`, before anything is rewritten or trained.
         """
         root = Path(self.project_dir).resolve()
-        ensure_repo(root)
-        check_data(root)
-        path = prepare_dataset(dataset, root / DATA_DIR, DATA_SEED, data_root, download)
-        version = track_data(root)
-        push_data(root)
+        with machine_lock("dvc", str(root)):  # two searches starting at once on one project take turns
+            ensure_repo(root)
+            check_data(root)
+            path = prepare_dataset(dataset, root / DATA_DIR, DATA_SEED, data_root, download)
+            version = track_data(root)
+            push_data(root)
         return DatasetRef(dataset, version, path)
 
     def load(self, dataset: str, version: str) -> PreparedData:

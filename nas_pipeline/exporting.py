@@ -5,12 +5,28 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+
+from nas_core.data.preparation import PreparedData
 from nas_core.search.ports import ExportOutcome, ExportRequest, Tracker
 from nas_pipeline.handoff import PREPROCESSING_KEY, preprocessing_metadata, write_search_bundle
 from nas_pipeline.model_registry import register_search_best
-from nas_pipeline.onnx_export import export_onnx
+from nas_pipeline.onnx_export import PARITY_SAMPLES, export_onnx
 
 MODEL_FILE = "model.onnx"
+PARITY_SPLITS = ("test", "val", "train")  # the test split first; a small one is topped up from the others
+
+
+def parity_inputs(data: PreparedData, least: int = PARITY_SAMPLES) -> np.ndarray:
+    """Real inputs to compare ONNX with PyTorch on: the whole test split, topped up from val and train to ``least``."""
+    parts, have = [], 0
+    for split in PARITY_SPLITS:
+        if split not in data.x or (parts and have >= least):
+            continue
+        part = data.x[split] if not parts else data.x[split][: least - have]
+        parts.append(part)
+        have += len(part)
+    return np.concatenate(parts) if parts else np.empty((0, *data.input_shape), dtype=np.float32)
 
 
 def model_metadata(request: ExportRequest) -> dict[str, str]:
@@ -32,7 +48,7 @@ class OnnxExporter:
 
     def export(self, request: ExportRequest, tracker: Tracker) -> ExportOutcome:
         run_id, best = request.search_run_id, request.best
-        report = export_onnx(request.model, request.output / MODEL_FILE, request.data.x["test"], model_metadata(request))
+        report = export_onnx(request.model, request.output / MODEL_FILE, parity_inputs(request.data), model_metadata(request))
         tracker.log_artifact(run_id, report.path, "model")
         tracker.log_metrics(run_id, {"onnx_max_abs_diff": report.max_abs_diff})
         tracker.set_tags(run_id, {"best_run_id": best.mlflow_run_id, "best_hash": best.hash})

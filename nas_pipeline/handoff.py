@@ -459,6 +459,8 @@ def write_search_bundle(
         registry=registration.to_dict() if registration else None,
     )
     labels = [data.classes[int(k)] for k in data.y["test"][:EXAMPLE_SIZE]]
+    for leftover in request.output.glob(f".{HANDOFF_DIR}.*"):  # half-written bundles of a killed export
+        shutil.rmtree(leftover, ignore_errors=True)
     return write_bundle(report.path, inputs, request.output / HANDOFF_DIR, data.x["test"][:EXAMPLE_SIZE], labels, replace=True)
 
 
@@ -547,7 +549,7 @@ def card_inputs_from_output(folder: Path) -> tuple[CardInputs, Path]:
         raise HandoffError(f"search {summary.search_id} has no model: every candidate failed")
     model = folder / MODEL_FILE
     if not best.onnx_path or not model.is_file():
-        raise HandoffError(f"search {summary.search_id} has no {MODEL_FILE} (searches on benchmark tables train nothing)")
+        raise HandoffError(f"search {summary.search_id} has no {MODEL_FILE}: {_no_model_reason(summary, model)}")
     try:
         metadata = read_metadata(model)
     except Exception as exc:  # onnx raises several types for a damaged file
@@ -584,6 +586,18 @@ def card_inputs_from_output(folder: Path) -> tuple[CardInputs, Path]:
         registry=best.registry,
     )
     return inputs, model
+
+
+def _no_model_reason(summary: SearchSummary, model: Path) -> str:
+    """Why a finished search has no model file, as its summary tells it."""
+    assert summary.best is not None
+    if summary.best.model_error:
+        return f"{summary.best.model_error} (the best genome is in summary.json; search again to train it)"
+    if summary.dataset.get("name", "").startswith("table:"):
+        return "searches on benchmark tables train nothing"
+    if summary.best.onnx_path:
+        return f"{model} was removed after the search exported it"
+    return "the search exported no model"
 
 
 def export_search(folder: Path, dest: Path) -> Path:

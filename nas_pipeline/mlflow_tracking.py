@@ -1,13 +1,15 @@
 """MLflow as the search's :class:`~nas_core.search.ports.Tracker`: one parent run per search, one nested run per
-evaluation, every call retried while the store is busy."""
+evaluation, every call retried while the store is busy or unreachable, for a bounded time (``tracking_timeout``)."""
 
 from __future__ import annotations
 
 import json
 import os
 import tempfile
+import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -18,15 +20,64 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
+from nas_core.search.ports import InfrastructureError
+from nas_pipeline.locks import machine_lock
+
 T = TypeVar("T")
 DEFAULT_DB_NAME = "mlflow.db"
 ARTIFACTS_DIR_NAME = "mlartifacts"
 TAG_PREFIX = "nas."
+DEFAULT_PATIENCE = 300.0  # seconds; SearchConfig.tracking_timeout sets it for a search
+# One HTTP request to a tracking server: no retries of MLflow's own (ours are bounded in time), a short timeout.
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+REACHABLE_TIMEOUT_S = 5.0
+
+
+class TrackingUnavailable(InfrastructureError):
+    """The tracking store stayed unreachable (or busy) longer than the search's ``tracking_timeout``."""
+
+    def __init__(self, tracking_uri: str, waited: float, cause: BaseException | None = None) -> None:
+        first = (str(cause).splitlines() or [""])[0][:200] if cause is not None else ""
+        why = f"{type(cause).__name__}: {first}" if cause is not None else "no answer"
+        how_long = f"was unreachable or busy for {waited:.0f} s" if waited else "does not answer"
+        super().__init__(f"the MLflow tracking store at {tracking_uri} {how_long} ({why})")
+        self.tracking_uri, self.waited = tracking_uri, waited
 
 
 def resolve_tracking_uri(project_dir: Path) -> str:
     """``MLFLOW_TRACKING_URI`` when set, else a SQLite store inside the project folder."""
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(Path(project_dir) / DEFAULT_DB_NAME).resolve()}"
+
+
+def bound_http_requests() -> None:
+    """Make each HTTP request to a tracking server fail fast (unless the user set MLflow's variables): the search's
+    own retries, bounded by ``tracking_timeout``, ride out an outage; MLflow's would wait minutes inside each one.
+    Child processes (candidates on processes or Dask) inherit the setting."""
+    for key, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+
+
+def check_reachable(tracking_uri: str, timeout: float = REACHABLE_TIMEOUT_S) -> None:
+    """Raise :class:`TrackingUnavailable` when a tracking server (``http(s)://``) does not answer within ``timeout``.
+
+    Any HTTP answer counts (a proxy may have no ``/health``); database and file stores are not checked here.
+    """
+    if not tracking_uri.startswith(("http://", "https://")):
+        return
+    import requests
+
+    try:
+        requests.get(f"{tracking_uri.rstrip('/')}/health", timeout=timeout)
+    except requests.exceptions.RequestException as exc:
+        raise TrackingUnavailable(tracking_uri, 0, exc) from None
+
+
+@contextmanager
+def store_lock(tracking_uri: str, scope: str = "store") -> Iterator[None]:
+    """Serialise, among this machine's processes using ``tracking_uri``, what MLflow does not make atomic: creating a
+    fresh SQLite schema and the experiment, and the registry's read-decide-write of the champion alias."""
+    with machine_lock("mlflow", tracking_uri, scope):
+        yield
 
 
 def ui_command(tracking_uri: str) -> str:
@@ -123,8 +174,8 @@ def is_transient(exc: BaseException) -> bool:
     such as ``RESOURCE_DOES_NOT_EXIST`` or ``INVALID_PARAMETER_VALUE`` are never transient, whatever their
     message says; neither is any other exception type (a plain ``OSError``, a training ``RuntimeError``).
     """
-    if isinstance(exc, MlflowException) and exc.error_code in _DETERMINISTIC_CODES:
-        return False
+    if isinstance(exc, TrackingUnavailable) or (isinstance(exc, MlflowException) and exc.error_code in _DETERMINISTIC_CODES):
+        return False  # TrackingUnavailable: already retried for the whole tracking_timeout
     seen: set[int] = set()
     link: BaseException | None = exc
     while link is not None and id(link) not in seen and len(seen) < 16:
@@ -135,21 +186,49 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
-def _retry(call: Callable[[], T], attempts: int = 8, delay: float = 0.2, max_delay: float = 8.0) -> T:
+# Stores that stayed unreachable past their patience in this process: later calls try once, without waiting
+# again (closing runs while the search stops must not take another full timeout); a call that works clears it.
+_UNREACHABLE: set[str] = set()
+_UNREACHABLE_LOCK = threading.Lock()
+
+
+def _retry(
+    call: Callable[[], T],
+    patience: float = DEFAULT_PATIENCE,
+    store: str | None = None,
+    delay: float = 0.2,
+    max_delay: float = 8.0,
+) -> T:
     """Run a store call, retrying it with exponential back-off while it fails with a transient error.
 
-    Waits ``delay * 2**n`` seconds (at most ``max_delay``) between attempts: 0.2, 0.4, ... 6.4, 8 s, about
-    21 s in all with the defaults. Errors that are not transient (see :func:`is_transient`) are raised at once;
-    a transient one is raised after the last attempt.
+    Waits ``delay * 2**n`` seconds (at most ``max_delay``) between attempts, for at most ``patience`` seconds in
+    all (the attempts' own time included). Errors that are not transient (see :func:`is_transient`) are raised at
+    once; a transient one still failing after ``patience`` becomes :class:`TrackingUnavailable`. With ``store`` (its
+    URI), later calls to a store that already used up its patience in this process try once only.
     """
-    for attempt in range(attempts):
+    started, waited, attempt = time.monotonic(), 0.0, 0
+    while True:
         try:
-            return call()
+            result = call()
         except Exception as exc:
-            if attempt == attempts - 1 or not is_transient(exc):
+            if not is_transient(exc):
                 raise
-            time.sleep(min(delay * 2**attempt, max_delay))
-    raise AssertionError("unreachable")
+            spent = max(time.monotonic() - started, waited)
+            with _UNREACHABLE_LOCK:
+                given_up = store in _UNREACHABLE
+            if given_up or spent >= patience:
+                if store is not None:
+                    with _UNREACHABLE_LOCK:
+                        _UNREACHABLE.add(store)
+                raise TrackingUnavailable(store or "the tracking store", spent, exc) from exc
+            pause = min(delay * 2**attempt, max_delay, patience - spent)
+            time.sleep(pause)
+            waited, attempt = waited + pause, attempt + 1
+        else:
+            if store in _UNREACHABLE:
+                with _UNREACHABLE_LOCK:
+                    _UNREACHABLE.discard(store)
+            return result
 
 
 def _params(values: Mapping[str, Any]) -> list[Param]:
@@ -161,25 +240,40 @@ def _tags(values: Mapping[str, Any]) -> list[RunTag]:
 
 
 class MlflowTracker:
-    """Records a search in one MLflow experiment; safe to share between threads."""
+    """Records a search in one MLflow experiment; safe to share between threads.
 
-    def __init__(self, tracking_uri: str, experiment: str, artifact_root: Path | None = None) -> None:
-        self.tracking_uri = tracking_uri
+    Every call is retried while the store is busy or unreachable, for ``patience`` seconds in all (the search's
+    ``tracking_timeout``); then it raises :class:`TrackingUnavailable` and the search stops, resumably.
+    """
+
+    def __init__(
+        self, tracking_uri: str, experiment: str, artifact_root: Path | None = None, patience: float = DEFAULT_PATIENCE
+    ) -> None:
+        bound_http_requests()
+        self.tracking_uri, self.patience = tracking_uri, patience
         self._experiment_name: str | None = experiment
-        self.client = MlflowClient(tracking_uri)
-        found = _retry(lambda: self.client.get_experiment_by_name(experiment))
-        if found is not None:
-            self.experiment_id = found.experiment_id
-        else:
-            local = tracking_uri.startswith(("sqlite:", "file:")) and artifact_root is not None
-            location = Path(artifact_root).resolve().as_uri() if local else None
-            try:
-                self.experiment_id = _retry(lambda: self.client.create_experiment(experiment, artifact_location=location))
-            except MlflowException:  # another process created it at the same moment
-                found = _retry(lambda: self.client.get_experiment_by_name(experiment))
-                if found is None:
-                    raise
+        # Two searches starting on a fresh project would both create the SQLite schema (MLflow does not lock that)
+        # and the experiment: the first one in does both, the other finds them.
+        with store_lock(tracking_uri):
+            self.client = MlflowClient(tracking_uri)  # may create the store's schema at once
+            found = self._retry(lambda: self.client.get_experiment_by_name(experiment))
+            if found is not None:
                 self.experiment_id = found.experiment_id
+            else:
+                local = tracking_uri.startswith(("sqlite:", "file:")) and artifact_root is not None
+                location = Path(artifact_root).resolve().as_uri() if local else None
+                try:
+                    self.experiment_id = self._retry(
+                        lambda: self.client.create_experiment(experiment, artifact_location=location)
+                    )
+                except MlflowException:  # another machine created it at the same moment
+                    found = self._retry(lambda: self.client.get_experiment_by_name(experiment))
+                    if found is None:
+                        raise
+                    self.experiment_id = found.experiment_id
+
+    def _retry(self, call: Callable[[], T]) -> T:
+        return _retry(call, self.patience, self.tracking_uri)
 
     def start_run(
         self,
@@ -192,7 +286,7 @@ class MlflowTracker:
         run_tags = {MLFLOW_RUN_NAME: name, **{f"{TAG_PREFIX}{k}": str(v) for k, v in tags.items()}}
         if parent_run_id:
             run_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
-        run = _retry(lambda: self.client.create_run(self.experiment_id, tags=run_tags, run_name=name))
+        run = self._retry(lambda: self.client.create_run(self.experiment_id, tags=run_tags, run_name=name))
         self.log_params(run.info.run_id, params)
         return run.info.run_id
 
@@ -200,43 +294,45 @@ class MlflowTracker:
         """Log params in batches of 100 (MLflow's limit per call)."""
         items = _params(params)
         for i in range(0, len(items), 100):
-            _retry(lambda chunk=items[i : i + 100]: self.client.log_batch(run_id, params=chunk))
+            self._retry(lambda chunk=items[i : i + 100]: self.client.log_batch(run_id, params=chunk))
 
     def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
-        _retry(lambda: self.client.log_batch(run_id, metrics=batch))
+        self._retry(lambda: self.client.log_batch(run_id, metrics=batch))
 
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
-        _retry(lambda: self.client.log_batch(run_id, tags=_tags({f"{TAG_PREFIX}{k}": v for k, v in tags.items()})))
+        self._retry(lambda: self.client.log_batch(run_id, tags=_tags({f"{TAG_PREFIX}{k}": v for k, v in tags.items()})))
 
     def log_json(self, run_id: str, data: Any, artifact_file: str) -> None:
-        _retry(lambda: self.client.log_text(run_id, json.dumps(data, indent=2), artifact_file))
+        self._retry(lambda: self.client.log_text(run_id, json.dumps(data, indent=2), artifact_file))
 
     def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
-        _retry(lambda: self.client.log_artifact(run_id, str(path), artifact_path))
+        self._retry(lambda: self.client.log_artifact(run_id, str(path), artifact_path))
 
     def end_run(self, run_id: str, ok: bool, status: str | None = None) -> None:
         """Close a run as FINISHED or FAILED (or an explicit MLflow status such as KILLED)."""
         final = status or ("FINISHED" if ok else "FAILED")
-        _retry(lambda: self.client.set_terminated(run_id, final))
+        self._retry(lambda: self.client.set_terminated(run_id, final))
 
     @classmethod
-    def attach(cls, tracking_uri: str, experiment_id: str) -> MlflowTracker:
+    def attach(cls, tracking_uri: str, experiment_id: str, patience: float = DEFAULT_PATIENCE) -> MlflowTracker:
         """A tracker for an experiment that already exists (in a worker process, say)."""
+        bound_http_requests()
         tracker = cls.__new__(cls)
         tracker.tracking_uri, tracker.experiment_id, tracker._experiment_name = tracking_uri, experiment_id, None
+        tracker.patience = patience
         tracker.client = MlflowClient(tracking_uri)
         return tracker
 
     @property
     def experiment_name(self) -> str:
         if self._experiment_name is None:
-            self._experiment_name = _retry(lambda: self.client.get_experiment(self.experiment_id)).name
+            self._experiment_name = self._retry(lambda: self.client.get_experiment(self.experiment_id)).name
         return self._experiment_name
 
     def spec(self) -> MlflowTrackerSpec:
-        return MlflowTrackerSpec(self.tracking_uri, self.experiment_id)
+        return MlflowTrackerSpec(self.tracking_uri, self.experiment_id, self.patience)
 
     def open_search_run(self, name: str, params: Mapping[str, Any], tags: Mapping[str, Any]) -> tuple[str, bool]:
         """A new parent run, or the run ``mlflow run`` opened for this process (``MLFLOW_RUN_ID``): that command closes it.
@@ -249,7 +345,7 @@ class MlflowTracker:
             return self.start_run(name, params, tags), True
         run_id = outer.info.run_id
         self.log_params(run_id, {k: v for k, v in params.items() if k not in outer.data.params})
-        _retry(lambda: self.client.update_run(run_id, name=name))
+        self._retry(lambda: self.client.update_run(run_id, name=name))
         self.set_tags(run_id, tags)
         return run_id, False
 
@@ -287,7 +383,7 @@ class MlflowTracker:
 
     def reopen_run(self, run_id: str) -> None:
         """Mark a run RUNNING again (a resumed search continues under its old parent run)."""
-        _retry(lambda: self.client.update_run(run_id, status="RUNNING"))
+        self._retry(lambda: self.client.update_run(run_id, status="RUNNING"))
 
     def search_runs(self, tags: Mapping[str, str], status: str | None = None) -> list[Run]:
         """Runs of this experiment whose ``nas.`` tags have the given values (and status, when given)."""
@@ -295,7 +391,7 @@ class MlflowTracker:
         if status:
             clauses.append(f"attributes.status = '{status}'")
         query = " and ".join(clauses)
-        return _retry(lambda: list(self.client.search_runs([self.experiment_id], query, max_results=50_000)))
+        return self._retry(lambda: list(self.client.search_runs([self.experiment_id], query, max_results=50_000)))
 
 
 def outer_mlflow_run(tracking_uri: str) -> Run | None:
@@ -316,11 +412,12 @@ class MlflowTrackerSpec:
 
     tracking_uri: str
     experiment_id: str
+    patience: float = DEFAULT_PATIENCE
 
     def connect(self) -> MlflowTracker:
-        return _attached(self.tracking_uri, self.experiment_id)
+        return _attached(self.tracking_uri, self.experiment_id, self.patience)
 
 
 @lru_cache(maxsize=8)
-def _attached(tracking_uri: str, experiment_id: str) -> MlflowTracker:
-    return MlflowTracker.attach(tracking_uri, experiment_id)
+def _attached(tracking_uri: str, experiment_id: str, patience: float) -> MlflowTracker:
+    return MlflowTracker.attach(tracking_uri, experiment_id, patience)

@@ -5,6 +5,11 @@ Each dataset has one registered model, ``nas-<dataset>``. Every exported search 
 ``champion`` alias moves to the new version only when its validation accuracy (the selection metric, never a
 test metric) is strictly higher than the champion's on the same dataset version; otherwise the version stays
 registered with the reason in its ``nas.not_promoted_reason`` tag.
+
+Two searches registering at the same moment: "read the champion, register, move the alias, tag the version" runs
+under a lock shared by every process of this machine that uses the same tracking URI and model (see
+:func:`~nas_pipeline.mlflow_tracking.store_lock`), so the second one compares with the first one's outcome. With a
+remote tracking server, searches on different machines are not serialised: the last one to write the alias wins.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from nas_core.provenance import Provenance
-from nas_pipeline.mlflow_tracking import TAG_PREFIX, _retry
+from nas_pipeline.mlflow_tracking import TAG_PREFIX, _retry, store_lock
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -32,14 +37,21 @@ REGISTERED_MODEL_PREFIX = "nas-"
 CHAMPION_ALIAS = "champion"
 MODEL_ARTIFACT_NAME = "registered-model"
 INPUT_EXAMPLE_SIZE = 5
-# mlflow.onnx.log_model reads the process-wide tracking URI; one registration at a time in this process also keeps
-# "read the champion, register, move the alias" from interleaving (across processes it is not atomic).
+# mlflow.onnx.log_model reads the process-wide tracking URI: one registration at a time in this process (and, through
+# store_lock, one at a time per model on this machine, so "read the champion, register, move the alias" never interleaves).
 _REGISTRY_LOCK = threading.Lock()
 
 
 def registered_model_name(dataset: str) -> str:
-    """The registered model that holds every search's best model on ``dataset`` (``npz:a/b.npz`` -> ``nas-npz-a-b.npz``)."""
-    return REGISTERED_MODEL_PREFIX + re.sub(r"[^A-Za-z0-9._-]+", "-", dataset).strip("-")
+    """The registered model that holds every search's best model on ``dataset``: ``nas-`` and the dataset's folder
+    under ``data/``, as the experiment's name (``npz:/tmp/a/b.npz`` -> ``nas-npz-b``, wherever the file lies)."""
+    from nas_core.data.preparation import DatasetError, dataset_folder
+
+    try:
+        folder = dataset_folder(dataset)
+    except DatasetError:  # not a dataset source (a table's name, say): its name, made safe
+        folder = re.sub(r"[^A-Za-z0-9._-]+", "-", dataset).strip("-")
+    return REGISTERED_MODEL_PREFIX + folder
 
 
 @dataclass(frozen=True)
@@ -188,7 +200,7 @@ def register_onnx(
     example = np.ascontiguousarray(input_example, dtype=np.float32)
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     signature = infer_signature(example, session.run(None, {session.get_inputs()[0].name: example})[0])
-    with _REGISTRY_LOCK, _fluent_tracking_uri(tracking_uri):
+    with _REGISTRY_LOCK, store_lock(tracking_uri, f"registered model {name}"), _fluent_tracking_uri(tracking_uri):
         client = MlflowClient(tracking_uri, registry_uri=mlflow.get_registry_uri())
         earlier = already_registered(client, name, facts)
         if earlier is not None:

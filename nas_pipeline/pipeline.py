@@ -25,8 +25,8 @@ def build_search(
         uri = resolve_tracking_uri(project_dir)
         outer = None if resume else outer_mlflow_run(uri)
         if outer is not None:  # candidates go to the outer run's experiment, so that they nest under it
-            return MlflowTracker.attach(uri, outer.info.experiment_id)
-        return MlflowTracker(uri, config.experiment_name, project_dir / ARTIFACTS_DIR_NAME)
+            return MlflowTracker.attach(uri, outer.info.experiment_id, config.tracking_timeout)
+        return MlflowTracker(uri, config.experiment_name, project_dir / ARTIFACTS_DIR_NAME, config.tracking_timeout)
 
     return Search(
         config,

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from nas_core.data.base import SOURCES, DatasetError, RawDataset, SourceRequest, create_source
+from nas_core.data.checks import check_raw
 
 SPLITS = ("train", "val", "test")
 SPLIT_FRACTIONS = (0.6, 0.2, 0.2)
@@ -97,6 +98,15 @@ def inspect_source(name: str, data_root: Path | None = None, download: bool = Fa
     return SOURCES[kind].check(SourceRequest(path, Path(data_root) if data_root else None, download))
 
 
+def read_source(name: str, data_root: Path | None = None, download: bool = False) -> RawDataset:
+    """Read a dataset's source and check it is fit for a search (:func:`nas_core.data.checks.check_raw`);
+    DatasetError (one line) says what is wrong. Nothing is written."""
+    kind, path = parse_dataset(name)
+    raw = create_source(kind, SourceRequest(path, Path(data_root) if data_root else None, download))
+    check_raw(raw, name)
+    return raw
+
+
 def split_indices(labels: np.ndarray, seed: int) -> dict[str, np.ndarray]:
     """Stratified train/val/test indices that depend only on the seed and the labels.
 
@@ -153,15 +163,6 @@ def _scaled(images: np.ndarray, idx: np.ndarray, scale: float) -> np.ndarray:
     return out
 
 
-def _check_raw(raw: RawDataset, name: str) -> None:
-    if raw.images.ndim not in (3, 4) or len(raw.images) != len(raw.labels):
-        raise DatasetError(f"dataset '{name}': inputs must be N x C x H x W or N x C x L with one label each")
-    if len(raw.classes) < 2:
-        raise DatasetError(f"dataset '{name}' has {len(raw.classes)} class; a classifier needs at least 2")
-    if len(raw.labels) and (raw.labels.min() < 0 or raw.labels.max() >= len(raw.classes)):
-        raise DatasetError(f"dataset '{name}': labels must be in [0, {len(raw.classes)})")
-
-
 def _save(path: Path, array: np.ndarray) -> None:
     """``np.save`` through a temporary file, so a crash never leaves half a file."""
     tmp = path.with_name(f".{path.name}.tmp")
@@ -176,21 +177,15 @@ def prepare_dataset(name: str, data_dir: Path, seed: int = 0, data_root: Path | 
     ``data_root`` is where torchvision's datasets are (``download`` fetches them there when missing).
     The source is read and checked before anything is written.
     """
-    kind, path = parse_dataset(name)
-    raw = create_source(kind, SourceRequest(path, Path(data_root) if data_root else None, download))
-    _check_raw(raw, name)
+    kind, _ = parse_dataset(name)
+    raw = read_source(name, data_root, download)
     splits = split_indices(raw.labels, seed)
-    empty = [s for s, idx in splits.items() if len(idx) == 0]
-    if empty:
-        raise DatasetError(f"dataset '{name}' has too few samples ({len(raw.labels)}): its {', '.join(empty)} split is empty")
     folder = dataset_folder(name)
     out = Path(data_dir) / folder
     out.mkdir(parents=True, exist_ok=True)
     low, high = math.inf, -math.inf
     for split, idx in splits.items():
         x = _scaled(raw.images, idx, raw.scale)
-        if not np.isfinite(x).all():
-            raise DatasetError(f"dataset '{name}' has inputs that are not finite (NaN or infinity)")
         low, high = min(low, float(x.min())), max(high, float(x.max()))
         _save(out / f"{split}_x.npy", x)
         _save(out / f"{split}_y.npy", raw.labels[idx])

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from nas_core.data.base import DatasetError, RawDataset, SourceRequest, register_source
+from nas_core.data.checks import check_class_sizes
 
 DOWNLOAD_HINT = "pass --download on a machine with internet access, or copy the files there"
 
@@ -203,7 +204,19 @@ def load_cifar10(request: SourceRequest) -> RawDataset:
 GRAYSCALE_MODES = {"1", "L", "LA", "I", "I;16", "F"}
 
 
+def _image_files(path: Path) -> tuple[list[str], list[tuple[str, int]]]:
+    """The class names and the ``(image file, class index)`` pairs of an image folder, as torchvision lists them."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+
+    try:
+        classes, class_to_idx = find_classes(str(path))
+        return classes, make_dataset(str(path), class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"image folder '{path}': {_one_line(exc)}") from None
+
+
 def check_imagefolder(request: SourceRequest) -> int:
+    """At least 2 class subfolders, each with :data:`~nas_core.data.checks.MIN_PER_CLASS` image files (listed, not read)."""
     path = Path(request.path)
     if not path.is_dir():
         raise DatasetError(
@@ -212,6 +225,9 @@ def check_imagefolder(request: SourceRequest) -> int:
     classes = [e.name for e in os.scandir(path) if e.is_dir()]
     if len(classes) < 2:
         raise DatasetError(f"image folder '{path}' has {len(classes)} class subfolder(s); a classifier needs at least 2")
+    classes, samples = _image_files(path)
+    counts = np.bincount([label for _, label in samples], minlength=len(classes)).tolist()
+    check_class_sizes(f"imagefolder:{path}", classes, counts)
     return 2
 
 
@@ -223,15 +239,10 @@ def load_imagefolder(request: SourceRequest) -> RawDataset:
     resized to its size with PIL's bilinear filter (aspect ratio not kept); ``resize`` records this.
     """
     from PIL import Image, UnidentifiedImageError
-    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
     check_imagefolder(request)
     path = Path(request.path)
-    try:
-        classes, class_to_idx = find_classes(str(path))
-        samples = make_dataset(str(path), class_to_idx, extensions=IMG_EXTENSIONS)
-    except (OSError, ValueError) as exc:
-        raise DatasetError(f"image folder '{path}': {_one_line(exc)}") from None
+    classes, samples = _image_files(path)
     images: np.ndarray | None = None
     mode, size, resized = "RGB", (0, 0), 0
     for i, (file, _) in enumerate(samples):

@@ -21,6 +21,7 @@ from nas_core.builder import build_model
 from nas_core.data.preparation import PreparedData
 from nas_core.evaluation.batches import _gather, _on_device, _shift_flip_indices
 from nas_core.evaluation.scoring import _amp_dtype, _autocast, score_split
+from nas_core.evaluation.stopping import check_stop
 from nas_core.genome import Genome
 from nas_core.metrics import count_flops, count_params
 
@@ -311,6 +312,7 @@ def fit(
                 if scheduler is not None:
                     scheduler.step()
                 total += loss.detach()
+                check_stop()  # Ctrl-C or SIGTERM: a thread cannot be interrupted, so it looks
                 if config.time_limit_s is not None and time.monotonic() - started > config.time_limit_s:
                     raise CandidateFailed(f"timeout: exceeded the candidate time limit of {config.time_limit_s:g}s")
             train_loss = float(total) / steps_per_epoch

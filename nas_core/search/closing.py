@@ -5,7 +5,7 @@ from __future__ import annotations
 from nas_core.evaluation.worker import EPOCH_METRICS  # logged per epoch by the worker
 from nas_core.search.final import FINAL_METRICS
 from nas_core.search.ports import Tracker
-from nas_core.search.records import Evaluation, FinalModel
+from nas_core.search.records import Evaluation, EvaluationResult, FinalModel
 
 KILLED_REASON = "killed: the search stopped while this candidate was running; it was queued again on resume"
 
@@ -32,6 +32,16 @@ def close_final(tracker: Tracker, final: FinalModel, search_run_id: str) -> None
     if final.ok:
         for run_id in (final.source_run_id, search_run_id):
             tracker.set_tags(run_id, {"final_run_id": final.run_id})
+
+
+def close_recovery(tracker: Tracker, result: EvaluationResult, original_val_accuracy: float | None) -> None:
+    """Close the run that trained the best again; it logs its validation accuracy beside the original's (the same on CPU)."""
+    logged = {k: v for k, v in result.metrics.items() if k not in EPOCH_METRICS}
+    if original_val_accuracy is not None:
+        logged["original_val_accuracy"] = original_val_accuracy
+    if logged:
+        tracker.log_metrics(result.run_id, logged)
+    _end(tracker, result.run_id, result.ok, result.status, result.reason)
 
 
 def close_killed(tracker: Tracker, run_id: str) -> None:

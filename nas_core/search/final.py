@@ -5,6 +5,10 @@ Search budgets are short. With ``final_epochs`` set, the best architecture is tr
 once on the test split. That model is the one exported and registered. Its run is tagged ``role=final`` and
 ``source_run_id`` (the candidate it came from); the candidate's and the search's runs get ``final_run_id``. If final
 training fails, the search exports the best candidate as trained.
+
+When the best candidate's weights were lost (the process died while they were written, or the file was damaged)
+and no final model stands in for them, :class:`WeightsRecovery` trains the best again exactly as it was evaluated
+(same genome, epochs and seed: on CPU, the same weights) under a run tagged ``role=recovery``.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from nas_core.search.checkpoint import FINAL_WEIGHTS_FILE, load_weights, save_te
 from nas_core.search.records import Evaluation, EvaluationRequest, EvaluationResult, FinalModel, PlannedEvaluation
 
 FINAL_ROLE = "final"
+RECOVERY_ROLE = "recovery"
 SPLITS = {"train+val": ("train", "val"), "train": ("train",)}
 FINAL_METRICS = ("test_accuracy", "test_f1", "params", "flops", "train_seconds")
 
@@ -57,6 +62,24 @@ class FinalTraining:
                           dict(result.metrics))  # fmt: skip
 
 
+class WeightsRecovery:
+    """The best evaluation trained again as it was (its request rebuilt), to get back weights that were lost."""
+
+    @staticmethod
+    def planned(best: Evaluation) -> PlannedEvaluation:
+        return PlannedEvaluation(best.index, best.generation, best.genome, best.hash, best.origin, best.parents, best.fidelity,
+                                 best.bracket)  # fmt: skip
+
+    @staticmethod
+    def adapt(request: EvaluationRequest, best: Evaluation) -> EvaluationRequest:
+        """The candidate's own request (from scratch, its full epochs), never stopped early, under its own run."""
+        tags = {**request.run_tags, "role": RECOVERY_ROLE, "source_run_id": best.mlflow_run_id}
+        return dataclasses.replace(
+            request, train=dataclasses.replace(request.train, stop_below=()), run_name=f"recover-{best.hash[:8]}",
+            run_tags=tags, start_checkpoint=None, keep_state=False, proxy=None,
+        )  # fmt: skip
+
+
 def training_params(train: TrainConfig) -> dict[str, Any]:
     """A training's settings as run params (``train.*``); where and how it stops is logged elsewhere."""
     return {f"train.{k}": v for k, v in vars(train).items() if k not in ("device", "train_splits", "stop_below")}
@@ -80,10 +103,12 @@ class FinalStage:
         self.weights: dict[str, Any] | None = None
 
     def restore(self, saved: dict[str, Any] | None) -> None:
-        """After a resume: the final model recorded before the crash, with its weights when they were saved."""
+        """After a resume: the final model recorded before the crash, with its weights; without them it trains again."""
         self.model = FinalModel.from_dict(saved) if saved else None
         if self.model is not None and self.model.ok:
             self.weights = load_weights(self.output / FINAL_WEIGHTS_FILE, self.model.source_hash)
+            if self.weights is None:  # lost: a model without weights cannot be exported, so it is retrained
+                self.model = None
 
     def needed_for(self, best: Evaluation | None) -> bool:
         """There is a final budget and ``best`` has not been retrained yet."""

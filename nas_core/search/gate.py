@@ -70,13 +70,14 @@ def parse_gates(texts: list[str] | None) -> list[Gate]:
     return [parse_gate(text) for text in texts or []]
 
 
-def check_unavailable(gates: list[Gate], table_evaluator: bool) -> None:
-    """Refuse, before searching, a gate on a metric this kind of search never reports."""
-    if not table_evaluator:
-        return
+def check_applicable(gates: list[Gate], table_evaluator: bool) -> None:
+    """Refuse, before searching, a gate this kind of search can never pass or fail honestly: a metric it never
+    reports (a table has no F1), or a trained search's threshold outside 0..1 (its metrics are fractions)."""
     for gate in gates:
-        if gate.metric not in TABLE_METRICS:
+        if table_evaluator and gate.metric not in TABLE_METRICS:
             raise GateError(f"--fail-under {gate}: a table evaluator reports only {' and '.join(TABLE_METRICS)}")
+        if not table_evaluator and not 0 <= gate.threshold <= 1:
+            raise GateError(f"--fail-under {gate}: {gate.metric} is a fraction from 0 to 1 (e.g. {gate.metric}=0.97)")
 
 
 def check_gates(gates: list[Gate], summary: SearchSummary) -> list[GateCheck]:

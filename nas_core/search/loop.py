@@ -12,6 +12,7 @@ depend on which candidate finished first or on the number of workers.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
 from collections.abc import Callable
@@ -22,20 +23,22 @@ from torch import nn
 
 from nas_core.config import SearchConfig
 from nas_core.data.preparation import PreparedData, load_prepared
+from nas_core.evaluation.stopping import clear_stop, request_stop
 from nas_core.evaluation.table import TableEvaluator
 from nas_core.evaluation.worker import remember_data
 from nas_core.genome import Genome
 from nas_core.provenance import Provenance
 from nas_core.search import checkpoint as files
-from nas_core.search.closing import close_evaluation, close_final, close_killed
+from nas_core.search.closing import close_evaluation, close_final, close_killed, close_recovery
 from nas_core.search.execution import Evaluate, Stage, Stopwatch, evaluate_here, run_inline
-from nas_core.search.final import FINAL_ROLE, FinalStage, FinalTraining, exported_metrics
+from nas_core.search.final import FINAL_ROLE, RECOVERY_ROLE, FinalStage, FinalTraining, WeightsRecovery, exported_metrics
 from nas_core.search.ports import (
     DataStore,
     ExportOutcome,
     ExportRequest,
     MemoryTracker,
     ModelExporter,
+    ModelExportError,
     NoReports,
     Observer,
     Reporter,
@@ -90,6 +93,7 @@ class Search:
         training = FinalTraining(config.final_epochs, config.final_splits) if config.final_epochs else None
         self.finalist = FinalStage(training, self.output)
         self.killed_on_resume = 0
+        self.prepared = False  # True once prepare() has restored or started the search: abort() may checkpoint
         self.dataset: DatasetRef | None = None
         self.data: PreparedData | None = None
         self.tracker: Tracker | None = None
@@ -97,6 +101,7 @@ class Search:
         self.owns_run = True  # False when the search's run is someone else's (an outer `mlflow run`): they close it
         self.provenance: Provenance | None = None
         self.export_outcome: ExportOutcome | None = None
+        self.model_error: str | None = None  # why a search that should have a model has none (summary.json says it)
         self.finished: SearchSummary | None = None  # what finish() wrote
         self.started, self.started_at = time.monotonic(), time.time()
         self.stopwatch = Stopwatch()
@@ -125,6 +130,7 @@ class Search:
     # ---- the loop -----------------------------------------------------------------------------
     def run(self, evaluate: Evaluate = evaluate_here, stage: Stage = run_inline) -> SearchSummary:
         """Run the whole search; ``evaluate`` yields results as they finish, ``stage`` runs each step (e.g. as a task)."""
+        clear_stop()
         try:
             stage("prepare", self.prepare)
             self.observer.resumed(self.records, self.killed_on_resume)
@@ -138,6 +144,10 @@ class Search:
                 self.observer.stage(f"final training ({request.train.epochs} epochs)")
                 with self.timed("final"):
                     self.record_final(next(iter(evaluate([request]))))
+            if request := self.recovery_request():
+                self.observer.stage(f"retraining the best ({request.train.epochs} epochs): its weights were lost")
+                with self.timed("recover"):
+                    self.record_recovery(next(iter(evaluate([request]))))
             outcome = None
             if self.can_export():
                 self.observer.stage("exporting ONNX")
@@ -145,6 +155,7 @@ class Search:
             self.observer.stage("writing summary, plots and report")
             return stage("finish", lambda: self.finish(outcome))
         except BaseException as exc:
+            request_stop()  # evaluations still training in this process's threads are orphans now: they stop at a batch
             self.abort(f"{type(exc).__name__}: {exc}")
             raise
 
@@ -183,6 +194,7 @@ class Search:
             self.run_id, self.owns_run = self.tracker.open_search_run(f"search-{self.search_id}", params, tags)
             self._write_search_file()
         self.provenance = self.provenance.with_search_run(self.run_id)
+        self.prepared = True
         return self.dataset
 
     def _write_search_file(self) -> None:
@@ -191,20 +203,41 @@ class Search:
     def _restore(self) -> None:
         """Continue from the last checkpoint; close the runs the dead process left RUNNING."""
         assert self.tracker is not None
+        files.remove_partial_files(self.output)  # half-written by the dead process (e.g. .model.onnx.tmp)
         state = files.read_state(self.output)
         if state is not None:
             self.proposer.load_state(state)
             for data in state["finished"]:
                 self._remember(Evaluation.from_dict(data))
             self.finalist.restore(state.get("final"))
-            self.best_weights = files.load_weights(self.output / files.WEIGHTS_FILE, getattr(self.best(), "hash", None))
-        recorded = {r.mlflow_run_id: r for r in self.records}
-        for run_id in self.tracker.running_runs(self.search_id, ("candidate", FINAL_ROLE)):
-            if run_id in recorded:  # checkpointed, but the process died before closing the run
+            weights = files.load_weights(self.output / files.WEIGHTS_FILE, getattr(self.best(), "hash", None))
+            self.best_weights = self._fitting(weights)
+        self.killed_on_resume += self._close_running()
+
+    def _close_running(self) -> int:
+        """Close the search's evaluation runs left RUNNING: with their outcome when it was checkpointed, else KILLED
+        (their candidates are queued again on resume); the number killed."""
+        assert self.tracker is not None
+        recorded, killed = {r.mlflow_run_id: r for r in self.records}, 0
+        for run_id in self.tracker.running_runs(self.search_id, ("candidate", FINAL_ROLE, RECOVERY_ROLE)):
+            if run_id in recorded:  # checkpointed, but the process died (or stopped) before closing the run
                 close_evaluation(self.tracker, recorded[run_id], self.table is not None)
             else:
                 close_killed(self.tracker, run_id)
-                self.killed_on_resume += 1
+                killed += 1
+        return killed
+
+    def _fitting(self, weights: dict[str, Any] | None) -> dict[str, Any] | None:
+        """``weights`` when they load into the best's network (else None: they are retrained)."""
+        best = self.best()
+        if weights is None or best is None or self.data is None:
+            return weights
+        try:
+            data = self.data
+            self.space.build(best.genome, data.input_shape, data.num_classes, data.mean, data.std).load_state_dict(weights)
+        except (RuntimeError, KeyError, TypeError):
+            return None
+        return weights
 
     def input_spec(self) -> tuple[tuple[int, ...], int]:
         """Input shape and class count the networks are built for (CIFAR-10's for tables)."""
@@ -323,7 +356,7 @@ class Search:
     def final_request(self) -> EvaluationRequest | None:
         """The request that retrains the best, or None (no final budget, nothing to export, or already done)."""
         best, training = self.best(), self.finalist.training
-        if best is None or training is None or self.best_weights is None or not self.finalist.needed_for(best):
+        if best is None or training is None or self.table is not None or not self.finalist.needed_for(best):
             return None
         return training.adapt(self.request(training.planned(best, self.generation)), best)
 
@@ -336,9 +369,29 @@ class Search:
         self.write_checkpoint()
         return final
 
+    def recovery_request(self) -> EvaluationRequest | None:
+        """The request that trains the best again when its weights were lost (and no final model stands in), else None."""
+        best = self.best()
+        lost = best is not None and self.table is None and self.best_weights is None and self.current_final() is None
+        if not lost or self.exporter is None:
+            return None
+        return WeightsRecovery.adapt(self.request(WeightsRecovery.planned(best)), best)
+
+    def record_recovery(self, result: EvaluationResult) -> None:
+        """Keep the retrained best's weights (checkpointed like the original's); when it failed, say why there is no model."""
+        best = self.best()
+        assert best is not None and self.tracker is not None
+        close_recovery(self.tracker, result, best.metrics.get("val_accuracy"))
+        if result.ok and result.weights is not None:
+            files.save_tensors_atomic(self.output / files.WEIGHTS_FILE, {"hash": best.hash, "weights": result.weights})
+            self.best_weights = result.weights
+        else:
+            self.model_error = f"the best's weights were lost and training it again failed: {result.reason or result.status}"
+
     def can_export(self) -> bool:
         """A trained best model exists (table evaluations have no weights to export) and an exporter is set."""
-        return self.exporter is not None and self.best() is not None and self.best_weights is not None
+        has_weights = self.best_weights is not None or self.current_final() is not None
+        return self.exporter is not None and self.best() is not None and has_weights
 
     def best_model(self) -> nn.Module:
         """The model to export: the best candidate's network with its final-training weights, else as trained."""
@@ -361,16 +414,34 @@ class Search:
         provenance = self.provenance.for_model(best.hash, best.mlflow_run_id, final.run_id if final else None)
         return ExportRequest(self.best_model(), best, self.exported_metrics(), provenance, self.data, self.output, self.run_id)
 
-    def export(self) -> ExportOutcome:
-        """Export the best model through the exporter (ONNX, registry and handoff bundle in the pipeline)."""
+    def export(self) -> ExportOutcome | None:
+        """Export the best model through the exporter (ONNX, registry and handoff bundle in the pipeline).
+
+        None when the model itself cannot be exported (:class:`ModelExportError`): the search finishes and says why.
+        """
         assert self.exporter is not None and self.tracker is not None
         with self.timed("export"):
-            self.export_outcome = self.exporter.export(self.export_request(), self.tracker)
+            try:
+                self.export_outcome = self.exporter.export(self.export_request(), self.tracker)
+            except ModelExportError as exc:
+                self.model_error = f"export failed: {exc}"
             return self.export_outcome
 
     def abort(self, reason: str) -> None:
-        """Close the search's run as FAILED (the search itself broke, not just a candidate); it can be resumed."""
-        if self.tracker is not None and self.run_id:
+        """The search itself broke or was interrupted: keep the checkpoint, close the runs in flight as KILLED and the
+        search's run as FAILED; it can be resumed.
+
+        Best effort: the tracking store may be what broke (a resume closes whatever is left RUNNING), and the error
+        the caller sees must stay the one that stopped the search.
+        """
+        if self.prepared:  # not before: an empty state must never replace the one a resume has yet to load
+            with contextlib.suppress(Exception):
+                self.write_checkpoint()
+        if self.tracker is None or not self.run_id:
+            return
+        with contextlib.suppress(Exception):
+            self._close_running()
+        with contextlib.suppress(Exception):
             self.tracker.set_tags(self.run_id, {"status": "failed", "failure_reason": reason[:5000]})
             if self.owns_run:
                 self.tracker.end_run(self.run_id, ok=False)
@@ -390,9 +461,11 @@ class Search:
         self.tracker.log_artifact(self.run_id, summary.write(self.output))
         if (self.output / "report.html").is_file():
             self.tracker.log_artifact(self.run_id, self.output / "report.html")
-        self.tracker.set_tags(self.run_id, {"status": "ok" if summary.best else "failed"})
+        ok = summary.best is not None and summary.best.model_error is None
+        failure = {"failure_reason": summary.best.model_error} if summary.best and summary.best.model_error else {}
+        self.tracker.set_tags(self.run_id, {"status": "ok" if ok else "failed", **failure})
         if self.owns_run:
-            self.tracker.end_run(self.run_id, summary.best is not None)
+            self.tracker.end_run(self.run_id, ok)
         shutil.rmtree(self.output / files.CHECKPOINTS_DIR, ignore_errors=True)  # only needed to continue promoted runs
         self.finished = summary
         return summary
@@ -400,7 +473,7 @@ class Search:
     def summary(self, outcome: ExportOutcome | None) -> SearchSummary:
         """The search as it stands (timings are added by :meth:`finish`)."""
         assert self.tracker is not None and self.dataset is not None
-        best, final, screen = self.best(), self.current_final(), self.proposer.screen
+        screen = self.proposer.screen
         return SearchSummary(
             search_id=self.search_id, mlflow_tracking_uri=self.tracker.tracking_uri, mlflow_experiment=self.experiment_name,
             mlflow_run_id=self.run_id, mlflow_ui=self.tracker.ui_hint(), output=str(self.output),
@@ -409,5 +482,17 @@ class Search:
             proxy=screen.summary(self.records, len(self.proposer.screened)) if screen else None,
             final=self.finalist.model.to_dict() if self.finalist.model else None,
             candidates=tuple(r.summary() for r in sorted(self.records, key=lambda r: r.index)),
-            best=BestModel.of(best, self.exported_metrics(), final.run_id if final else None, outcome) if best else None,
+            best=self._best_model(outcome),
         )  # fmt: skip
+
+    def _best_model(self, outcome: ExportOutcome | None) -> BestModel | None:
+        best, final = self.best(), self.current_final()
+        if best is None:
+            return None
+        return BestModel.of(best, self.exported_metrics(), final.run_id if final else None, outcome, self.missing_model(outcome))
+
+    def missing_model(self, outcome: ExportOutcome | None) -> str | None:
+        """Why a search that trains and exports has no exported model (None when it has one, or none is expected)."""
+        if outcome is not None or self.exporter is None or self.table is not None or self.best() is None:
+            return None
+        return self.model_error or "the best's weights are missing"

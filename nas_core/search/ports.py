@@ -26,6 +26,11 @@ class InfrastructureError(RuntimeError):
     """Not the candidate's fault (data store, versioning): the search stops, and can be resumed."""
 
 
+class ModelExportError(RuntimeError):
+    """The best model cannot be exported (rejected by a checker, or not the same model after conversion): retrying
+    would fail the same way, so the search finishes and says why it has no model."""
+
+
 @runtime_checkable
 class Tracker(Protocol):
     """Where runs are recorded: the search's parent run and one nested run per evaluation."""

@@ -18,11 +18,21 @@ from nas_core.search.records import PROMOTION, Evaluation, PlannedEvaluation
 from nas_core.search.requests import train_config
 from nas_core.search.scheduling import FidelitySchedule, MedianStopping, MultiFidelity, ProxyScreen, SingleFidelity
 from nas_core.search.setup import space_options
-from nas_core.spaces import create_space
+from nas_core.spaces import SearchSpace, create_space
 from nas_core.strategies import Strategy, create_strategy
 
 # tabular benchmarks (NAS-Bench-201) are on CIFAR-10: their costs are computed for its inputs
 TABLE_INPUT_SPEC: tuple[tuple[int, ...], int] = ((3, 32, 32), 10)
+
+
+def read_init_genome(path: Path, space: SearchSpace) -> Genome:
+    """The genome of an ``init_genome`` file: within the limits, valid, and one ``space`` can propose.
+
+    GenomeError names what is wrong; OSError when the file cannot be read.
+    """
+    genome = Genome.read(path).validate()
+    space.check(genome)
+    return genome
 
 
 class Proposer:
@@ -48,7 +58,7 @@ class Proposer:
         self.score: Callable[[Genome], float] | None = None  # the proxy's score, once the data is there
         self._costs: dict[str, dict[str, int]] = {}
         if config.init_genome is not None and not resume:
-            self.strategy.enqueue(Genome.from_json(Path(config.init_genome).read_text()))
+            self.strategy.enqueue(read_init_genome(Path(config.init_genome), self.space))
 
     def bind(self, input_spec: tuple[tuple[int, ...], int], data: PreparedData | None) -> None:
         """The data's input shape and class count (for costs), and the data the proxy scores on (none for tables)."""

@@ -86,7 +86,8 @@ class RequestContext:
             devices=config.device,
             per_device=config.candidates_per_gpu,
             threads=threads_per_candidate(config.workers),
-            start_checkpoint=str(checkpoint) if planned.from_fidelity is not None else None,
+            # a promotion continues its saved state; without it (lost, or moved aside as damaged) it trains from scratch
+            start_checkpoint=str(checkpoint) if planned.from_fidelity is not None and checkpoint.is_file() else None,
             keep_state=self.fidelity.keep_state(train.epochs),
             proxy=(config.proxy, planned.proxy) if planned.proxy is not None else None,
         )

@@ -46,12 +46,18 @@ class BestModel:
     onnx_max_abs_diff: float | None = None
     handoff_path: str | None = None
     registry: dict[str, Any] | None = None
+    model_error: str | None = None  # why a trained search has no exported model (None when it has one, or trains none)
 
     @classmethod
     def of(
-        cls, best: Evaluation, exported: dict[str, float], final_run_id: str | None, outcome: ExportOutcome | None
+        cls,
+        best: Evaluation,
+        exported: dict[str, float],
+        final_run_id: str | None,
+        outcome: ExportOutcome | None,
+        model_error: str | None = None,
     ) -> BestModel:
-        """The best evaluation, the metrics of the model exported from it, and where the export went."""
+        """The best evaluation, the metrics of the model exported from it, and where the export went (or why not)."""
         return cls(
             hash=best.hash, mlflow_run_id=best.mlflow_run_id, fidelity=best.fidelity, val_accuracy=best.metrics["val_accuracy"],
             val_f1=best.metrics.get("val_f1"), test_accuracy=exported.get("test_accuracy"), test_f1=exported.get("test_f1"),
@@ -59,7 +65,7 @@ class BestModel:
             params=int(best.metrics["params"]), flops=int(best.metrics["flops"]), genome=best.genome.to_dict(),
             onnx_path=str(outcome.path) if outcome else None, onnx_max_abs_diff=outcome.max_abs_diff if outcome else None,
             handoff_path=str(outcome.handoff_path) if outcome and outcome.handoff_path else None,
-            registry=outcome.registration if outcome else None,
+            registry=outcome.registration if outcome else None, model_error=model_error,
         )  # fmt: skip
 
     def metric(self, name: str) -> float | None:

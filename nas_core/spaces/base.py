@@ -34,6 +34,9 @@ class SearchSpace(Protocol):
     def neighbours(self, genome: Genome) -> list[Genome]:
         """Every genome one elementary change away (for local search), in a fixed order."""
 
+    def check(self, genome: Genome) -> None:
+        """Raise GenomeError unless ``genome`` (a valid one) is in this space: its size and ops (e.g. an init genome)."""
+
     def identity(self, genome: Genome) -> str:
         """A hash equal for genomes this space considers the same architecture."""
 

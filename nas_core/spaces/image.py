@@ -15,7 +15,7 @@ import numpy as np
 from torch import nn
 
 from nas_core.builder import build_model
-from nas_core.genome import Genome, Node
+from nas_core.genome import Genome, GenomeError, Node
 from nas_core.metrics import count_flops, count_params
 from nas_core.ops import INPUT_OP, OPS, OUTPUT_OP
 from nas_core.spaces.base import SpaceExhausted, register_space
@@ -236,6 +236,16 @@ class ImageSpace:
             if child is not None and self.identity(child) != own:
                 unique.setdefault(self.identity(child), child)
         return list(unique.values())
+
+    def check(self, genome: Genome) -> None:
+        """Raise GenomeError unless the genome has ``min_nodes..max_nodes`` ops, all of them this space's."""
+        ops = [n.op for n in genome.nodes if n.op not in (INPUT_OP, OUTPUT_OP)]
+        if not self.min_nodes <= len(ops) <= self.max_nodes:
+            sizes = f"{self.min_nodes} to {self.max_nodes}"
+            raise GenomeError(f"it has {len(ops)} ops; the {self.name} space takes {sizes} (--min-nodes, --max-nodes)")
+        foreign = sorted(set(ops) - set(self.ops))
+        if foreign:
+            raise GenomeError(f"the {self.name} space has no op {', '.join(foreign)} (its ops: {', '.join(self.ops)})")
 
     def identity(self, genome: Genome) -> str:
         return genome.canonical_hash()

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from nas_core.builder import GenomeCell, Normalize
-from nas_core.genome import Genome, Node
+from nas_core.genome import Genome, GenomeError, Node
 from nas_core.metrics import count_flops, count_params
 from nas_core.ops import INPUT_OP, OPS, OUTPUT_OP
 from nas_core.spaces.base import SpaceExhausted, register_space
@@ -228,6 +228,13 @@ class NB201Space:
     @staticmethod
     def _identity(cell: Cell) -> str:
         return hashlib.sha256(unique_string(cell).encode()).hexdigest()
+
+    def check(self, genome: Genome) -> None:
+        """Raise GenomeError unless the genome is a NAS-Bench-201 cell (as ``cell_to_genome`` writes it)."""
+        try:
+            genome_to_cell(genome)
+        except ValueError as exc:
+            raise GenomeError(f"the nb201 space takes only its cells: {exc}") from None
 
     def identity(self, genome: Genome) -> str:
         return self._identity(genome_to_cell(genome))

@@ -80,7 +80,7 @@ def test_search_help_shows_every_setting_with_its_description_and_default(capsys
     for name, field in SearchConfig.model_fields.items():
         (line,) = [line for line in lines if re.match(rf"│ {option_name(name)}\s", line)]
         assert field.description[1:20] in line, name
-    assert re.search(r"--budget\s.*Number of candidates to train\. \[default: 20\]", out)
+    assert re.search(r"--budget\s.*Number of candidates to train \(1 to 100,000\)\. \[default: 20\]", out)  # range too
     assert re.search(r"--download\s+--no-download\s.*\[default: no-download\]", out)
     assert re.search(r"--runner\s+<threads\|processes\|dask>", out)
     for group in SETTING_GROUPS:

@@ -252,3 +252,52 @@ def test_importing_the_config_loads_no_heavy_library():
     code = "import sys, nas_core.config; print(sorted({'torch', 'numpy', 'mlflow', 'prefect'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    "values, fragment",
+    [
+        ({"budget": True}, "budget: must be a whole number, got True"),
+        ({"budget": "5"}, "budget: must be a whole number, got '5'"),
+        ({"epochs": 2.5}, "epochs: must be a whole number"),
+        ({"lr": float("inf")}, "lr: must be a finite number"),
+        ({"lr": float("nan")}, "lr: must be a finite number"),
+        ({"candidate_timeout": float("inf")}, "candidate_timeout: must be a finite number"),
+        ({"lr": True}, "lr: must be a number"),
+        ({"download": 1}, "download: must be true or false"),
+        ({"download": "yes"}, "download: must be true or false"),
+        ({"budget": 10**12}, "budget: Input should be less than or equal to 100000"),
+        ({"max_nodes": 10**12}, "max_nodes: Input should be less than or equal to 256"),
+        ({"seed": -1}, "seed: Input should be greater than or equal to 0"),
+    ],
+)
+def test_numbers_and_switches_are_strict_finite_and_bounded(values, fragment):
+    from nas_core.config import ConfigError, config_from
+
+    with pytest.raises(ConfigError, match=re.escape(fragment)):
+        config_from(values)
+
+
+def test_plain_numbers_still_pass():
+    from nas_core.config import config_from
+
+    config = config_from({"budget": 5, "lr": 1, "candidate_timeout": 60, "download": True, "seed": 2**32 - 1})
+    assert (config.budget, config.lr, config.candidate_timeout, config.download) == (5, 1, 60, True)
+
+
+def test_a_yaml_tag_is_refused_by_name(tmp_path):
+    from nas_core.config import ConfigError, load_config
+
+    path = tmp_path / "tag.yaml"
+    path.write_text("budget: !!python/object/apply:os.getcwd []\n")
+    with pytest.raises(ConfigError, match="has a YAML tag that is not allowed at line 1"):
+        load_config(path)
+
+
+def test_ranges_appear_in_the_settings_table():
+    from nas_core.config import range_text, settings_table_markdown
+
+    assert range_text("budget") == "1 to 100,000"
+    assert range_text("lr") == "above 0, at most 10"
+    assert range_text("dataset") is None
+    assert "number of candidates to train (1 to 100,000)" in settings_table_markdown()

@@ -9,7 +9,15 @@ import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from nas_pipeline.mlflow_tracking import DEFAULT_DB_NAME, TAG_PREFIX, MlflowTracker, _retry, resolve_tracking_uri, ui_command
+from nas_pipeline.mlflow_tracking import (
+    DEFAULT_DB_NAME,
+    TAG_PREFIX,
+    MlflowTracker,
+    TrackingUnavailable,
+    _retry,
+    resolve_tracking_uri,
+    ui_command,
+)
 from tests.conftest import Flaky
 
 
@@ -177,12 +185,12 @@ def test_retry_reraises_a_non_transient_error_at_once(sleeps):
     assert sleeps == []
 
 
-def test_retry_gives_up_after_the_last_attempt(sleeps):
+def test_retry_gives_up_when_its_patience_is_used_up(sleeps):
     call = Flaky(*[MlflowException("database is locked") for _ in range(10)])
-    with pytest.raises(MlflowException, match="locked"):
-        _retry(call, attempts=3)
+    with pytest.raises(TrackingUnavailable, match="locked"):
+        _retry(call, patience=0.5)
     assert call.calls == 3
-    assert len(sleeps) == 2
+    assert sleeps == [pytest.approx(0.2), pytest.approx(0.3)], "the last wait is cut to the patience left"
 
 
 def test_retry_does_not_catch_other_exceptions(sleeps):

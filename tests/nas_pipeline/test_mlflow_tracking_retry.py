@@ -1,5 +1,6 @@
-"""The retry policy of the MLflow adapter: a busy or unreachable store is retried with a bounded exponential back-off,
-a deterministic error is raised at once (many processes logging at once: tests/e2e/test_mlflow_concurrent_logging.py)."""
+"""The retry policy of the MLflow adapter: a busy or unreachable store is retried with exponential back-off for at most
+``patience`` seconds (the search's tracking_timeout), a deterministic error is raised at once (many processes logging
+at once: tests/e2e/test_mlflow_concurrent_logging.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import sqlalchemy.exc
 from mlflow.exceptions import MlflowException, RestException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, TEMPORARILY_UNAVAILABLE
 
-from nas_pipeline.mlflow_tracking import _retry, is_transient
+from nas_pipeline.mlflow_tracking import TrackingUnavailable, _retry, is_transient
 from tests.conftest import Flaky
 
 # ---- the retry policy ------------------------------------------------------------------------
@@ -87,10 +88,25 @@ def test_retry_raises_a_deterministic_error_after_one_call(error, sleeps):
     assert sleeps == []
 
 
-def test_retry_backs_off_exponentially_within_a_bounded_total_wait(sleeps):
-    call = Flaky(*[MlflowException("database is locked") for _ in range(20)])
-    with pytest.raises(MlflowException, match="locked"):
-        _retry(call)
-    assert call.calls == 8
-    assert sleeps == sorted(sleeps) and sleeps[1] == pytest.approx(2 * sleeps[0])
-    assert 10 < sum(sleeps) < 30
+def test_retry_backs_off_exponentially_until_its_patience_is_used_up(sleeps):
+    call = Flaky(*[MlflowException("database is locked") for _ in range(100)])
+    with pytest.raises(TrackingUnavailable, match="unreachable or busy for 30 s") as raised:
+        _retry(call, patience=30)
+    assert isinstance(raised.value.__cause__, MlflowException), "the store's own error is kept as the cause"
+    assert not is_transient(raised.value), "a store down past the bound is not retried again (by a task, say)"
+    assert sleeps[:3] == [pytest.approx(0.2), pytest.approx(0.4), pytest.approx(0.8)] and max(sleeps) == pytest.approx(8)
+    assert sum(sleeps) == pytest.approx(30), "the whole wait is the patience, no more"
+    assert call.calls == len(sleeps) + 1
+
+
+def test_a_store_that_used_up_its_patience_is_tried_once_by_later_calls(sleeps):
+    uri = "http://down.example:5000"
+    with pytest.raises(TrackingUnavailable):
+        _retry(Flaky(*[requests.exceptions.ConnectionError("refused")] * 50), patience=5, store=uri)
+    waited = len(sleeps)
+    later = Flaky(requests.exceptions.ConnectionError("refused"))
+    with pytest.raises(TrackingUnavailable, match="down.example"):
+        _retry(later, patience=5, store=uri)
+    assert later.calls == 1 and len(sleeps) == waited, "no second full wait while the search closes its runs"
+    assert _retry(lambda: "up", patience=5, store=uri) == "up"
+    assert _retry(Flaky(requests.exceptions.ConnectionError("blip")), patience=5, store=uri) == "done", "back: retried again"

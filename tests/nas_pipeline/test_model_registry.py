@@ -152,3 +152,10 @@ def test_exporting_a_search_again_reuses_its_version(registered):
     assert registration["version"] == "1" and registration["promoted"] is True
     assert "no champion" in registration["reason"]
     assert registration["champion_version"] == str(client.get_model_version_by_alias(name, CHAMPION_ALIAS).version)
+
+
+def test_one_registered_model_per_dataset_wherever_its_file_lies():
+    assert registered_model_name("npz:/tmp/m1d/mnist1d.npz") == "nas-npz-mnist1d"
+    assert registered_model_name("npz:/elsewhere/mnist1d.npz") == "nas-npz-mnist1d", "the folder does not leak in"
+    assert registered_model_name("digits") == "nas-digits"
+    assert registered_model_name("table:nb201 table.csv") == "nas-table-nb201-table.csv", "not a dataset: its name, made safe"

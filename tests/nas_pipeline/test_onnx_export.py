@@ -89,12 +89,30 @@ def test_read_metadata_returns_the_metadata_passed_in(exported):
     assert read_metadata(path) == METADATA
 
 
-def test_fewer_than_64_inputs_raise_and_write_nothing(tmp_path, model, digits):
+def test_no_inputs_raise_and_write_nothing(tmp_path, model, digits):
     path = tmp_path / "out" / "model.onnx"
-    with pytest.raises(ExportError, match="64"):
-        export_onnx(model, path, digits.x["test"][:63], METADATA)
+    with pytest.raises(ExportError, match="at least 1 input"):
+        export_onnx(model, path, digits.x["test"][:0], METADATA)
     assert not path.exists()
     assert not path.parent.exists() or list(path.parent.iterdir()) == []
+
+
+def test_one_input_is_enough_and_the_batch_axis_stays_dynamic(tmp_path, model, digits):
+    """A tiny dataset: parity on the single sample there is; the model still takes any batch size."""
+    path = tmp_path / "model.onnx"
+    report = export_onnx(model, path, digits.x["test"][:1], METADATA)
+    assert report.samples == 1 and 0.0 <= report.max_abs_diff <= 1e-4
+    x = np.ascontiguousarray(digits.x["test"][:5], dtype=np.float32)
+    logits = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+    np.testing.assert_allclose(logits, _torch_logits(model, x), rtol=0, atol=1e-4)
+
+
+def test_the_model_is_readable_by_everyone_and_a_killed_export_leftover_is_replaced(tmp_path, model, digits):
+    path = tmp_path / "model.onnx"
+    (tmp_path / ".model.onnx.tmp").write_bytes(b"")  # what a SIGKILL during an earlier export leaves
+    export_onnx(model, path, digits.x["test"][:64], METADATA)
+    assert path.stat().st_mode & 0o777 == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == ["model.onnx"]
 
 
 def test_exactly_64_inputs_are_enough_and_replace_an_existing_file(tmp_path, model, digits):
@@ -116,6 +134,24 @@ def test_failed_export_leaves_the_existing_file_untouched(tmp_path, model, digit
         export_onnx(model, path, digits.x["test"][:128], METADATA, tolerance=-1.0)
     assert path.read_bytes() == previous
     assert [p.name for p in tmp_path.iterdir()] == ["model.onnx"]
+
+
+def test_parity_inputs_top_up_a_small_test_split_from_the_others(digits):
+    from dataclasses import replace
+
+    from nas_pipeline.exporting import parity_inputs
+
+    small = replace(digits, x={"train": digits.x["train"][:50], "val": digits.x["val"][:3], "test": digits.x["test"][:2]})
+    inputs = parity_inputs(small)
+    assert len(inputs) == 55  # everything there is: fewer than 64
+    np.testing.assert_array_equal(inputs[:2], digits.x["test"][:2])  # the test split first
+    assert np.array_equal(parity_inputs(digits), digits.x["test"])  # a test split of 64 or more: all of it, nothing else
+
+
+def test_an_export_error_is_the_core_s_model_export_error():
+    from nas_core.search.ports import ModelExportError
+
+    assert issubclass(ExportError, ModelExportError)
 
 
 def test_failed_export_to_a_new_path_creates_no_file(tmp_path, model, digits):

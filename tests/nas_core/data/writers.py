@@ -49,7 +49,7 @@ def write_mnist(root: Path, folder: str = "MNIST", packed: bool = False) -> dict
     return written
 
 
-def write_cifar10(root: Path, per_batch: int = 6, protocol: int = 2) -> np.ndarray:
+def write_cifar10(root: Path, per_batch: int = 7, protocol: int = 2) -> np.ndarray:
     """CIFAR-10's python batches: pickled dicts with a uint8 N x 3072 array (channel planes) and a label list."""
     folder = root / "cifar-10-batches-py"
     folder.mkdir(parents=True, exist_ok=True)
@@ -81,3 +81,28 @@ def write_image_folder(root: Path) -> Path:
             image.save(root / name / f"{i}.png")
         (root / name / "notes.txt").write_text("not an image: skipped")
     return root
+
+
+def write_unfit_datasets(root: Path) -> dict[str, str]:
+    """Datasets a search must refuse before it starts, one of each kind: dataset name -> words of its error line."""
+    rng = np.random.default_rng(0)
+    y = np.arange(40) % 2
+    arrays = {
+        "nan": ({"x": np.where(rng.random((40, 1, 6)) < 0.1, np.nan, 0.5), "y": y}, "NaN or infinite"),
+        "inf": ({"x": np.full((40, 1, 6), np.inf, np.float32), "y": y}, "NaN or infinite"),
+        "huge": ({"x": np.full((40, 1, 6), 1e39), "y": y}, "too large for float32"),
+        "one-class": ({"x": rng.random((40, 1, 6)), "y": np.zeros(40, int)}, "has 1 class; a classifier needs at least 2"),
+        "three": ({"x": rng.random((3, 1, 6)), "y": np.array([0, 1, 0])}, "too few samples (3)"),
+        "negative-scale": ({"x": np.zeros((40, 1, 6), np.uint8), "y": y, "scale": np.array(-1.0)}, "'scale' must be one"),
+    }
+    bad = {}
+    for name, (content, message) in arrays.items():
+        np.savez(root / f"{name}.npz", **content)
+        bad[f"npz:{root / name}.npz"] = message
+    empty = write_image_folder(root / "empty-class")
+    (empty / "owl").mkdir()
+    bad[f"imagefolder:{empty}"] = "class 'owl' has 0"
+    corrupt = write_image_folder(root / "corrupt")
+    (corrupt / "dog" / "9.png").write_bytes(b"not a png")
+    bad[f"imagefolder:{corrupt}"] = "cannot read image"
+    return bad

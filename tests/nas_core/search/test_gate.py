@@ -99,7 +99,7 @@ def gated(tmp_path_factory):
         passed = _run([*common, "--output", "out1", "--summary-md", "reports/passed.md",
                        "--fail-under", "val_accuracy=0.01", "--fail-under", "test_accuracy=0"])  # fmt: skip
         missed = _run([*common, "--output", "out2", "--summary-md", "missed.md",
-                       "--fail-under", "test_accuracy=0", "--fail-under", "val_accuracy=1.01"])  # fmt: skip
+                       "--fail-under", "test_accuracy=0", "--fail-under", "val_accuracy=1"])  # fmt: skip
     return project, passed, missed
 
 
@@ -117,9 +117,9 @@ def test_an_impossible_gate_exits_3_with_one_line_naming_the_metric(gated):
     project, _, (code, out, err) = gated
     assert code == EXIT_GATE == 3
     best = json.loads((project / "out2" / "summary.json").read_text())["best"]
-    assert best["val_accuracy"] < 1.01
+    assert best["val_accuracy"] < 1
     lines = [line for line in err.splitlines() if line.startswith("gate failed")]
-    assert lines == [f"gate failed: val_accuracy {best['val_accuracy']:.6g} < 1.01"]  # the passing gate is not named
+    assert lines == [f"gate failed: val_accuracy {best['val_accuracy']:.6g} < 1"]  # the passing gate is not named
     assert (project / "out2" / "model.onnx").is_file()  # the search itself finished: only the gate missed
 
 
@@ -152,6 +152,8 @@ def test_markdown_summary_has_the_numbers_of_summary_json(gated):
         ("foo", "is not METRIC=VALUE"),
         ("bogus=0.9", "unknown metric 'bogus'"),
         ("val_accuracy=abc", "'abc' is not a number"),
+        ("val_accuracy=1.5", "val_accuracy is a fraction from 0 to 1"),
+        ("test_f1=-0.1", "test_f1 is a fraction from 0 to 1"),
     ],
 )
 def test_bad_gate_exits_2_before_anything_is_written(tmp_path, monkeypatch, gate, message):

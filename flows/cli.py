@@ -9,6 +9,7 @@ import os
 import shutil
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -562,8 +563,15 @@ def report(
     return EXIT_OK
 
 
+def _one_line_warning(message: Warning | str, category: type[Warning], *_where: object) -> str:
+    """Warnings read like the rest of the command's output: ``warning: ...``, one line, no source line."""
+    return f"warning: {str(message).splitlines()[0] if str(message) else category.__name__}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``nas`` console script."""
+    if not os.environ.get("NAS_DEBUG"):
+        warnings.formatwarning = _one_line_warning
     try:
         result = app(args=argv, standalone_mode=False)
     except _EXIT as exc:

@@ -14,11 +14,12 @@ remote tracking server, searches on different machines are not serialised: the l
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stderr
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -212,18 +213,21 @@ def register_onnx(
         logged = _retry(
             lambda: client.create_logged_model(experiment_id, MODEL_ARTIFACT_NAME, source_run_id=run_id, tags=facts.tags())
         )
-        info = mlflow.onnx.log_model(
-            onnx.load(str(onnx_path)),
-            model_id=logged.model_id,
-            run_id=run_id,
-            registered_model_name=name,
-            signature=signature,
-            input_example=example,
-            pip_requirements=mlflow.onnx.get_default_pip_requirements(),  # no slow requirement inference
-            onnx_execution_providers=["CPUExecutionProvider"],
-            save_as_external_data=False,
-            tags=facts.tags(),
-        )
+        # MLflow prints "Successfully registered model ..." / "Created version ..." on stderr; the search says it in
+        # its own summary lines, so they are kept out of the terminal.
+        with redirect_stderr(io.StringIO()):
+            info = mlflow.onnx.log_model(
+                onnx.load(str(onnx_path)),
+                model_id=logged.model_id,
+                run_id=run_id,
+                registered_model_name=name,
+                signature=signature,
+                input_example=example,
+                pip_requirements=mlflow.onnx.get_default_pip_requirements(),  # no slow requirement inference
+                onnx_execution_providers=["CPUExecutionProvider"],
+                save_as_external_data=False,
+                tags=facts.tags(),
+            )
         version = str(info.registered_model_version)
         promoted, reason = decide(facts, champion)
         if promoted:

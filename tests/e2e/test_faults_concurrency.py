@@ -1,4 +1,4 @@
-"""Two searches at once on one project, first a fresh one (no mlflow.db yet: both would create the schema), then
+"""Two searches at once on one project, first a fresh one (no .dvc/ nor mlflow.db yet: both would create them), then
 the same project again: all exit 0, all register, and the champion alias tells one consistent story."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from mlflow.tracking import MlflowClient
 
 from nas_pipeline.model_registry import CHAMPION_ALIAS
 from tests.conftest import make_project
-from tests.e2e.faults import NAS, nas_env, start_search
+from tests.e2e.faults import nas_env, start_search
 
 MODEL = "nas-digits"
 
@@ -50,11 +50,7 @@ def check_champion_story(client: MlflowClient, versions_expected: int) -> None:
 def test_two_searches_at_once_on_a_fresh_then_an_existing_project(tmp_path):
     project = make_project(tmp_path / "project")
     env = nas_env(tmp_path)
-    # The data is prepared first: this test is about the MLflow store (two `dvc init` at once are not serialised yet).
-    prepared = subprocess.run([*NAS[:-1], "prepare", "--project-dir", str(project)], cwd=project, env=env,
-                              capture_output=True, text=True, timeout=600)  # fmt: skip
-    assert prepared.returncode == 0, prepared.stderr[-3000:]
-    assert not (project / "mlflow.db").exists()
+    assert not (project / "mlflow.db").exists() and not (project / ".dvc").exists()  # fresh: DVC and MLflow set up by both
     _two_at_once(tmp_path, project, env, 1)
     client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
     check_champion_story(client, 2)

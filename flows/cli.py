@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
-import shutil
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -85,41 +82,21 @@ def _log_to(path: Path) -> None:
 
 
 def _tracking_server_problem() -> str | None:
-    """The error line when the tracking server set by MLFLOW_TRACKING_URI does not answer (in 5 s), else None.
+    """The error line when the tracking server set by MLFLOW_TRACKING_URI does not answer, else None (exit code 1)."""
+    from flows.preflight import unreachable_tracking_server
 
-    Checked before anything is written or started. Not the user's input (the server is down): exit code 1.
-    """
-    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
-    if not uri.startswith(("http://", "https://")):
-        return None
-    from nas_pipeline.mlflow_tracking import TrackingUnavailable, check_reachable
-
-    try:
-        check_reachable(uri)
-    except TrackingUnavailable as exc:
-        return f"error: {escape(str(exc))}; start it, or unset MLFLOW_TRACKING_URI to use the project's mlflow.db"
-    return None
+    problem = unreachable_tracking_server()
+    return f"error: {escape(problem)}" if problem else None
 
 
 def _check_writable(folder: Path) -> None:
-    """Fail early, leaving nothing behind, when ``folder`` cannot hold the search's outputs."""
-    if folder.exists() and not folder.is_dir():
-        raise UsageProblem(f"output '{folder}' exists and is not a folder; pass another --output")
-    from flows.preflight import MIN_FREE_BYTES
+    """Create the output folder, or say in one line (nothing left behind) why it cannot hold the search's outputs."""
+    from flows.preflight import NotWritable, make_output_folder
 
-    created = [p for p in (folder, *folder.parents) if not p.exists()]
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder):
-            pass
-        if shutil.disk_usage(folder).free < MIN_FREE_BYTES:  # a full disk still takes an empty file
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-    except OSError as exc:
-        for path in created:
-            if path.is_dir():
-                with contextlib.suppress(OSError):
-                    path.rmdir()
-        raise UsageProblem(f"output folder '{folder}' is not writable ({exc.strerror}); pass a writable --output") from None
+        make_output_folder(folder)
+    except NotWritable as exc:
+        raise UsageProblem(str(exc)) from None
 
 
 def _load_search_config(config_file: Path | None, overrides: dict[str, Any]):

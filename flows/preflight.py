@@ -1,4 +1,5 @@
-"""Before a search starts: every place it will write to can be written, checked without writing anything.
+"""Before a search starts: every place it will write to can be written (checked without writing anything, but for
+the output folder, which is created), and a tracking server it is told to use answers.
 
 The places are the adapters' own: DVC's (``data/``, ``data.dvc``, ``.dvc/``, the default remote), MLflow's (a local
 store and ``mlartifacts/``) and Prefect's home. A read-only or full file system is reported here, in one line,
@@ -7,8 +8,11 @@ instead of as a failure in the middle of the search.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -117,3 +121,40 @@ def check_places(places: list[Place]) -> None:
     """:func:`check_place` for each place, in order: the first problem is reported."""
     for place in places:
         check_place(place)
+
+
+def make_output_folder(folder: Path) -> None:
+    """Create ``folder`` (the search's --output) and check a file can be written there with room to spare; on
+    failure remove what was created and raise NotWritable."""
+    if folder.exists() and not folder.is_dir():
+        raise NotWritable(f"output '{folder}' exists and is not a folder; pass another --output")
+    created = [p for p in (folder, *folder.parents) if not p.exists()]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder):
+            pass
+        if shutil.disk_usage(folder).free < MIN_FREE_BYTES:  # a full disk still takes an empty file
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    except OSError as exc:
+        for path in created:
+            if path.is_dir():
+                with contextlib.suppress(OSError):
+                    path.rmdir()
+        raise NotWritable(f"output folder '{folder}' is not writable ({exc.strerror}); pass a writable --output") from None
+
+
+def unreachable_tracking_server() -> str | None:
+    """Why the tracking server set by MLFLOW_TRACKING_URI cannot be used (it does not answer in 5 s), else None.
+
+    Checked before anything is written or started. Not the user's input (the server is down): exit code 1.
+    """
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
+    if not uri.startswith(("http://", "https://")):
+        return None
+    from nas_pipeline.mlflow_tracking import TrackingUnavailable, check_reachable
+
+    try:
+        check_reachable(uri)
+    except TrackingUnavailable as exc:
+        return f"{exc}; start it, or unset MLFLOW_TRACKING_URI to use the project's mlflow.db"
+    return None

@@ -44,6 +44,19 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str, proc: sub
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def seconds_to_exit(proc: subprocess.Popen, client: MlflowClient, fault: Callable[[], None], timeout: float) -> float:
+    """Once two candidates train, apply ``fault`` (a signal, a server stopped); the seconds until ``proc`` exits."""
+    try:
+        wait_for(lambda: len(candidate_runs(client, "nas-digits", "RUNNING")) == 2, 300, "two candidates training", proc)
+        fault()
+        started = time.monotonic()
+        proc.wait(timeout=timeout)
+        return time.monotonic() - started
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
 def candidate_runs(client: MlflowClient, experiment: str, status: str | None = None) -> list:
     found = client.get_experiment_by_name(experiment)
     if found is None:

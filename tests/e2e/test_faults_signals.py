@@ -6,13 +6,12 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import time
 
 import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import make_project
-from tests.e2e.faults import NAS, candidate_runs, check_search_completed, nas_env, start_search, wait_for
+from tests.e2e.faults import NAS, candidate_runs, check_search_completed, nas_env, seconds_to_exit, start_search
 
 PROMPT_S = 45  # generous for a loaded, shared 2-core machine (seen: 4-24 s); unstopped, 30 epochs x 2 take minutes
 
@@ -26,15 +25,7 @@ def test_a_signal_during_training_stops_promptly_and_resumably(tmp_path, signum,
     args = ["--budget", str(budget), "--epochs", "30", "--population", "2", "--workers", "2", "--seed", "3",
             "--output", str(out), "--project-dir", str(project), "--quiet"]  # fmt: skip
     proc = start_search(args, project, env, tmp_path / "first.log")
-    try:
-        wait_for(lambda: len(candidate_runs(client, "nas-digits", "RUNNING")) == 2, 300, "two candidates training", proc)
-        sent = time.monotonic()
-        proc.send_signal(signum)
-        proc.wait(timeout=120)
-        took = time.monotonic() - sent
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    took = seconds_to_exit(proc, client, lambda: proc.send_signal(signum), timeout=120)
     log = (tmp_path / "first.log").read_text()
     assert proc.returncode == code, log[-3000:]
     assert took < PROMPT_S, f"exited {took:.1f} s after the signal"

@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 
 from tests import conftest
 from tests.conftest import MlflowServer, make_project
-from tests.e2e.faults import NAS, candidate_runs, check_search_completed, nas_env, start_search, wait_for
+from tests.e2e.faults import NAS, check_search_completed, nas_env, seconds_to_exit, start_search
 
 
 @pytest.fixture
@@ -43,15 +43,13 @@ def _search(tmp_path: Path, server: MlflowServer, timeout_s: int, epochs: int):
 def test_a_short_outage_is_ridden_out(tmp_path, server, monkeypatch):
     project, out, env, proc = _search(tmp_path, server, timeout_s=120, epochs=6)
     client = MlflowClient(server.url)
-    try:
-        wait_for(lambda: len(candidate_runs(client, "nas-digits", "RUNNING")) == 2, 300, "two candidates training", proc)
+
+    def outage() -> None:
         server.stop()
         time.sleep(8)
         restart_on_the_same_port(server, monkeypatch)
-        proc.wait(timeout=600)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+
+    seconds_to_exit(proc, client, outage, timeout=600)
     log = (tmp_path / "first.log").read_text()
     assert proc.returncode == 0, log[-3000:]
     check_search_completed(client, out, 2)
@@ -63,15 +61,7 @@ def test_a_long_outage_stops_resumably_then_resume_finishes(tmp_path, server, mo
     bound = 20
     project, out, env, proc = _search(tmp_path, server, timeout_s=bound, epochs=10)
     client = MlflowClient(server.url)
-    try:
-        wait_for(lambda: len(candidate_runs(client, "nas-digits", "RUNNING")) == 2, 300, "two candidates training", proc)
-        server.stop()
-        down = time.monotonic()
-        proc.wait(timeout=300)
-        took = time.monotonic() - down
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    took = seconds_to_exit(proc, client, server.stop, timeout=300)
     log = (tmp_path / "first.log").read_text()
     assert proc.returncode == 1, log[-3000:]
     assert took < bound + 60, f"stopped {took:.0f} s into the outage (bound {bound} s)"

@@ -7,28 +7,16 @@ import random
 
 import pytest
 
+from benchmarks.canonical_form import chain as _chain
+from benchmarks.canonical_form import parallel
 from nas_core.genome import Genome, GenomeError, Node
 from nas_core.limits import MAX_EDGES, MAX_GENOME_BYTES, MAX_ID_LENGTH, MAX_JSON_DEPTH, MAX_OPS
 from nas_core.spaces import create_space
 from tests.nas_core.test_genome import relabel
 
 
-def _chain(ops: int) -> Genome:
-    ids = ["in", *(f"x{i}" for i in range(ops)), "out"]
-    nodes = [Node("in", "input"), *(Node(f"x{i}", "identity") for i in range(ops)), Node("out", "output")]
-    return Genome(tuple(nodes), tuple(zip(ids, ids[1:], strict=False)))
-
-
 def _parallel(branches: int, depth: int) -> Genome:
-    nodes, edges = [Node("in", "input"), Node("out", "output")], []
-    for b in range(branches):
-        previous = "in"
-        for d in range(depth):
-            nodes.append(Node(f"b{b}_{d}", "identity"))
-            edges.append((previous, f"b{b}_{d}"))
-            previous = f"b{b}_{d}"
-        edges.append((previous, "out"))
-    return Genome(tuple(nodes), tuple(edges))
+    return parallel(depth)(branches * depth)
 
 
 # hashes written by the previous implementation (format 1): MLflow tags and checkpoints hold them

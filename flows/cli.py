@@ -352,6 +352,7 @@ def search(
     from flows.search import search_flow
 
     _log_to(out / SEARCH_LOG)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # its INFO lines (creating its tables) are not news here
     plan = (
         f"{config.budget} candidates x {config.min_epochs}..{config.top_epochs} epochs (eta {config.eta}, {config.schedule})"
         if config.fidelity == "epochs"

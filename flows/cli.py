@@ -139,6 +139,14 @@ def _load_search_config(config_file: Path | None, overrides: dict[str, Any]):
     return config
 
 
+def _check_warm_start(config) -> None:
+    """The earlier searches a warm start names exist in the store and searched the same space; else bad input."""
+    from flows.preflight import warm_start_problem
+
+    if problem := warm_start_problem(config):
+        raise UsageProblem(problem)
+
+
 def _check_places(config) -> None:
     """Every place the search writes to (project, data, stores) can be written; else bad input, nothing written."""
     from flows.preflight import NotWritable, check_places, search_places
@@ -213,8 +221,15 @@ def _print_summary(summary: SearchSummary) -> None:
     best, ok, total = summary.best, summary.ok_candidates, len(summary.candidates)
     table = Table(title=f"search {summary.search_id}", show_header=False)
     table.add_row("dataset", f"{summary.dataset['name']} (version {summary.dataset['version']})")
-    table.add_row("candidates", f"{total} trained, {ok} ok, {total - ok} failed")
-    table.add_row("elapsed", f"{summary.elapsed_seconds:.1f} s")
+    reused = sum(bool(c.get("reused_from")) for c in summary.candidates)
+    table.add_row("candidates", f"{total - reused} trained, {reused} reused; {ok} ok, {total - ok} failed")
+    if summary.warm_start:
+        warm = summary.warm_start
+        table.add_row("warm start", f"told {warm['told']} earlier evaluations of {len(warm['searches'])} searches, "
+                      f"{warm['seeded']} seed architectures")  # fmt: skip
+    stopped = f"; stopped proposing: {summary.stop_reason}" if summary.stop_reason else ""
+    limit = f" of {summary.time_budget_seconds:g} s" if summary.time_budget_seconds else ""
+    table.add_row("elapsed", f"{summary.elapsed_seconds:.1f} s (candidates: {summary.spent_seconds:.1f} s{limit}){stopped}")
     if best:
         test = f"{best.test_accuracy:.4f}" if best.test_accuracy is not None else "none"
         table.add_row("best", f"{best.hash[:12]}  val_acc {best.val_accuracy:.4f}  test_acc {test}")
@@ -341,6 +356,7 @@ def search(
         if problem := _tracking_server_problem():
             console.print(problem)
             return EXIT_FAILED
+        _check_warm_start(config)
         from nas_core.search.setup import new_search_id
 
         search_id = new_search_id()

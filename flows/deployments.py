@@ -76,9 +76,15 @@ def search_parameters(config: SearchConfig) -> dict[str, Any]:
     return {"config": values}
 
 
+SCHEDULED_WARM_START = "auto"  # a scheduled run continues the earlier runs in its experiment, unless told otherwise
+
+
 def run_settings(config: dict[str, Any] | None, config_file: str | None, search_id: str) -> SearchConfig:
-    """The settings of one scheduled run: ``config_file`` (read now) overridden by ``config``; paths made absolute."""
+    """The settings of one scheduled run: ``config_file`` (read now) overridden by ``config``; paths made absolute;
+    ``warm_start`` auto unless set."""
     settings = load_config(Path(config_file) if config_file else None, config or {})
+    if "warm_start" not in settings.model_fields_set:
+        settings = load_config(Path(config_file) if config_file else None, {**(config or {}), "warm_start": SCHEDULED_WARM_START})
     try:
         _no_output(settings)
     except DeployError as exc:

@@ -158,3 +158,22 @@ def unreachable_tracking_server() -> str | None:
     except TrackingUnavailable as exc:
         return f"{exc}; start it, or unset MLFLOW_TRACKING_URI to use the project's mlflow.db"
     return None
+
+
+def warm_start_problem(config: SearchConfig) -> str | None:
+    """Why the earlier searches ``warm_start`` names cannot be used (unknown, another space), else None; reads only."""
+    from nas_core.config import warm_start_searches
+
+    if warm_start_searches(config.warm_start) is None:
+        return None
+    from nas_core.search.memory import WarmStartError
+    from nas_core.search.warm_start import check_warm_start
+    from nas_pipeline.mlflow_memory import earlier_searches
+    from nas_pipeline.mlflow_tracking import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(config.project_dir)
+    try:
+        check_warm_start(config, earlier_searches(uri, config.experiment_name), uri)
+    except WarmStartError as exc:
+        return str(exc)
+    return None

@@ -11,12 +11,13 @@ from __future__ import annotations
 import difflib
 import math
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from nas_core.hparams import check_choices
 from nas_core.limits import MAX_OPS
@@ -39,6 +40,39 @@ def default_workers() -> int:
     return max(1, min(os.cpu_count() or 1, 8))
 
 
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*$")
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600}
+_SEARCH_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds of a duration written ``90s``, ``30m``, ``2h`` or as a number of seconds (above 0, at most 30 days)."""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ValueError(f"must be a duration like 90s, 30m or 2h, got {value!r}")
+    match = _DURATION.match(str(value)) if isinstance(value, str) else None
+    if isinstance(value, str) and match is None:
+        raise ValueError(f"'{value}' is not a duration; write it like 90s, 30m or 2h")
+    seconds = float(match[1]) * _UNIT_SECONDS[match[2]] if match else float(value)
+    if not math.isfinite(seconds) or seconds <= 0 or seconds > MAX_SECONDS:
+        raise ValueError(f"must be above 0 and at most 30 days, got {value!r}")
+    return seconds
+
+
+WARM_START_MODES = ("none", "reuse", "auto")
+
+
+def warm_start_searches(mode: str) -> tuple[str, ...] | None:
+    """The search ids a ``warm_start`` value names; None for a mode (none, reuse, auto). A ValueError for a bad value."""
+    text = mode.strip()
+    if text in WARM_START_MODES:
+        return None
+    ids = tuple(dict.fromkeys(part.strip() for part in text.split(",")))
+    bad = next((i for i in ids if not _SEARCH_ID.match(i) or i in WARM_START_MODES), None)
+    if not ids or bad is not None:
+        raise ValueError(f"must be none, reuse, auto or search ids separated by commas, got {mode!r}")
+    return ids
+
+
 class SearchConfig(BaseModel):
     """Everything a search needs. Every key can be set in the YAML file given to ``--config``."""
 
@@ -55,6 +89,11 @@ class SearchConfig(BaseModel):
         "image", description="search space: image, nb201 or sequence (when not set: image, or sequence for N x C x L data)"
     )
     budget: int = Field(20, ge=1, le=MAX_COUNT, description="number of candidates to train")
+    time_budget: str | None = Field(
+        None,
+        description="stop proposing candidates once the next ones would not finish within this time since the search "
+        "started: 90s, 30m, 2h or seconds (with budget: whichever comes first); candidates running then finish",
+    )
     epochs: int = Field(12, ge=1, le=MAX_EPOCHS, description="training epochs per candidate")
     population: int = Field(8, ge=1, le=MAX_COUNT, description="candidates per generation (and evolution's population)")
     workers: int = Field(
@@ -152,6 +191,19 @@ class SearchConfig(BaseModel):
     final_splits: Literal["train+val", "train"] = Field(
         "train+val", description="what the final training trains on: train+val or train"
     )
+    warm_start: str = Field(
+        "none",
+        description="what the search remembers from earlier searches of its experiment: none; reuse (a candidate "
+        "evaluated exactly so before is reused, not trained); auto (reuse, and the strategy is first told every earlier "
+        "evaluation with the same space, evaluator, data version and training); or search ids, comma-separated "
+        "(reuse, and told those searches' evaluations)",
+    )
+    seed_genomes: int = Field(
+        0,
+        ge=0,
+        le=MAX_COUNT,
+        description="start from the best N architectures of the warm-start searches, retrained (any data version)",
+    )
 
     @field_validator("*", mode="before")
     @classmethod
@@ -170,6 +222,30 @@ class SearchConfig(BaseModel):
             if not math.isfinite(value):
                 raise ValueError(f"must be a finite number, got {value!r}")
         return value
+
+    @field_validator("time_budget", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        seconds = parse_duration(value)  # a ValueError says what is wrong
+        return value if isinstance(value, str) else f"{seconds:g}s"
+
+    @field_validator("warm_start")
+    @classmethod
+    def _warm_start_mode(cls, value: str) -> str:
+        return ",".join(warm_start_searches(value) or ()) or value.strip()
+
+    @model_validator(mode="after")
+    def _seeds_need_searches(self) -> SearchConfig:
+        if self.seed_genomes and self.warm_start in ("none", "reuse"):
+            raise ValueError("seed_genomes needs warm_start auto or search ids: it says which searches to seed from")
+        return self
+
+    @property
+    def time_budget_seconds(self) -> float | None:
+        """``time_budget`` in seconds (None: no time limit)."""
+        return parse_duration(self.time_budget) if self.time_budget is not None else None
 
     @field_validator("hparams")
     @classmethod
@@ -228,12 +304,13 @@ class SearchConfig(BaseModel):
 
 SETTING_GROUPS: dict[str, tuple[str, ...]] = {
     "Data": ("dataset", "data_root", "download"),
-    "Search": ("strategy", "space", "budget", "population", "seed", "init_genome", "min_nodes", "max_nodes",
-               "max_params", "max_flops"),
+    "Search": ("strategy", "space", "budget", "time_budget", "population", "seed", "init_genome", "min_nodes",
+               "max_nodes", "max_params", "max_flops"),
     "Training": ("epochs", "batch_size", "optimizer", "lr", "weight_decay", "hparams", "augment", "precision"),
     "Fast evaluation": ("fidelity", "min_epochs", "max_epochs", "eta", "schedule", "proxy", "proxy_keep", "early_stop"),
     "Tabular benchmark": ("evaluator", "select_metric", "report_metric"),
     "Final model": ("final_epochs", "final_splits"),
+    "Memory": ("warm_start", "seed_genomes"),
     "Execution": ("workers", "runner", "dask_address", "device", "candidates_per_gpu", "candidate_timeout",
                   "tracking_timeout"),
     "Output and tracking": ("output", "project_dir", "experiment"),

@@ -13,20 +13,23 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
+from nas_core.provenance import TAG_PREFIX
 from nas_core.search.ports import InfrastructureError
 from nas_pipeline.locks import machine_lock
+
+if TYPE_CHECKING:
+    from nas_pipeline.mlflow_memory import MlflowMemory
 
 T = TypeVar("T")
 DEFAULT_DB_NAME = "mlflow.db"
 ARTIFACTS_DIR_NAME = "mlartifacts"
-TAG_PREFIX = "nas."
 DEFAULT_PATIENCE = 300.0  # seconds; SearchConfig.tracking_timeout sets it for a search
 # One HTTP request to a tracking server: no retries of MLflow's own (ours are bounded in time), a short timeout.
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
@@ -362,6 +365,12 @@ class MlflowTracker:
 
     def ui_hint(self) -> str:
         return ui_command(self.tracking_uri)
+
+    def memory(self) -> MlflowMemory:
+        """Earlier searches of this experiment and their evaluations (the search's memory)."""
+        from nas_pipeline.mlflow_memory import MlflowMemory
+
+        return MlflowMemory(self)
 
     def log_evaluation_plots(self, run_id: str, genome: Any, history: list[dict[str, float]], title: str, dims: int) -> None:
         """The architecture diagram and the learning curves as PNGs under the run's ``plots/``; a plotting error is

@@ -30,7 +30,7 @@ from nas_core.evaluation.devices import shared_leases, visible_devices
 from nas_core.evaluation.evaluators import Evaluator, create_evaluator
 from nas_core.evaluation.training import TrainState, train_genome
 from nas_core.search.ports import DataStore, InfrastructureError, Tracker
-from nas_core.search.records import EvaluationRequest, EvaluationResult
+from nas_core.search.records import SKIPPED, EvaluationRequest, EvaluationResult
 from nas_core.search.setup import threads_per_candidate
 from nas_core.spaces import SearchSpace, create_space
 
@@ -80,7 +80,12 @@ def failure_reason(exc: BaseException) -> str:
 
 
 def evaluate(request: EvaluationRequest) -> EvaluationResult:
-    """Evaluate one request under its own nested run (left open for the search to close)."""
+    """Evaluate one request under its own nested run (left open for the search to close).
+
+    A request whose deadline has passed is not started: it comes back ``skipped``, with no run.
+    """
+    if request.deadline is not None and time.time() >= request.deadline:
+        return EvaluationResult(request.index, "", SKIPPED, reason="the search's time was up before it started")
     began = time.monotonic()
     if request.threads:
         torch.set_num_threads(request.threads)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from nas_core.evaluation.worker import EPOCH_METRICS  # logged per epoch by the worker
 from nas_core.search.final import FINAL_METRICS
 from nas_core.search.ports import Tracker
@@ -10,27 +12,32 @@ from nas_core.search.records import Evaluation, EvaluationResult, FinalModel
 KILLED_REASON = "killed: the search stopped while this candidate was running; it was queued again on resume"
 
 
-def _end(tracker: Tracker, run_id: str, ok: bool, status: str, reason: str) -> None:
-    tracker.set_tags(run_id, {"status": status, **({"failure_reason": reason} if reason else {})})
+def _end(tracker: Tracker, run_id: str, ok: bool, status: str, reason: str, tags: dict[str, str] | None = None) -> None:
+    tracker.set_tags(run_id, {"status": status, **({"failure_reason": reason} if reason else {}), **(tags or {})})
     tracker.end_run(run_id, ok)
 
 
 def close_evaluation(tracker: Tracker, evaluation: Evaluation, looked_up: bool) -> None:
-    """Log an evaluation's final metrics (all of them for a table lookup, which logs no epochs), status and reason."""
+    """Log an evaluation's final metrics (all of them for a table lookup, which logs no epochs), status and reason.
+
+    A successful one also gets its result as the ``metrics`` tag (JSON): what a later search reuses, exactly.
+    """
     final = {k: v for k, v in evaluation.metrics.items() if looked_up or k not in EPOCH_METRICS}
     if final:
         tracker.log_metrics(evaluation.mlflow_run_id, final, step=evaluation.fidelity)
-    _end(tracker, evaluation.mlflow_run_id, evaluation.ok, evaluation.status, evaluation.reason)
+    result = {"metrics": json.dumps(evaluation.metrics, sort_keys=True)} if evaluation.ok else {}
+    _end(tracker, evaluation.mlflow_run_id, evaluation.ok, evaluation.status, evaluation.reason, result)
 
 
-def close_final(tracker: Tracker, final: FinalModel, search_run_id: str) -> None:
-    """Close the final training's run; when it worked, link it from the candidate's and the search's runs."""
+def close_final(tracker: Tracker, final: FinalModel, search_run_id: str, link_source: bool = True) -> None:
+    """Close the final training's run; when it worked, link it from the search's run and (``link_source``) the
+    candidate's."""
     logged = {k: v for k, v in final.metrics.items() if k in FINAL_METRICS}
     if logged:
         tracker.log_metrics(final.run_id, logged, step=final.epochs)
     _end(tracker, final.run_id, final.ok, final.status, final.reason)
     if final.ok:
-        for run_id in (final.source_run_id, search_run_id):
+        for run_id in (final.source_run_id, search_run_id) if link_source else (search_run_id,):
             tracker.set_tags(run_id, {"final_run_id": final.run_id})
 
 

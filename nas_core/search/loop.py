@@ -29,9 +29,12 @@ from nas_core.evaluation.worker import remember_data
 from nas_core.genome import Genome
 from nas_core.provenance import Provenance
 from nas_core.search import checkpoint as files
+from nas_core.search.clock import STOP_INTERRUPTED, SearchClock
 from nas_core.search.closing import close_evaluation, close_final, close_killed, close_recovery
 from nas_core.search.execution import Evaluate, Stage, Stopwatch, evaluate_here, run_inline
 from nas_core.search.final import FINAL_ROLE, RECOVERY_ROLE, FinalStage, FinalTraining, WeightsRecovery, exported_metrics
+from nas_core.search.identity import context_key
+from nas_core.search.memory import EvaluationMemory, StoredEvaluation
 from nas_core.search.ports import (
     DataStore,
     ExportOutcome,
@@ -48,6 +51,8 @@ from nas_core.search.ports import (
 from nas_core.search.proposing import TABLE_INPUT_SPEC, Proposer
 from nas_core.search.records import (
     PROMOTION,
+    SKIPPED,
+    WARM_START,
     DatasetRef,
     Evaluation,
     EvaluationRequest,
@@ -55,9 +60,10 @@ from nas_core.search.records import (
     FinalModel,
     PlannedEvaluation,
 )
-from nas_core.search.requests import RequestContext
+from nas_core.search.requests import RequestContext, train_config
 from nas_core.search.setup import new_search_id, resolve_config
 from nas_core.search.summary import BestModel, SearchSummary
+from nas_core.search.warm_start import WarmStart, check_warm_start, seed_genomes, told_evaluations
 from nas_core.strategies import CandidateResult
 
 
@@ -88,6 +94,11 @@ class Search:
         )
         self.proposer = Proposer(config, self.output, resume)
         self.records: list[Evaluation] = []  # every finished evaluation, in the order they finished
+        self.told: list[Evaluation] = []  # earlier searches' evaluations a warm start told the strategy
+        self.warm: WarmStart | None = None
+        self.memory: EvaluationMemory | None = None  # the tracking store's earlier evaluations (with a warm start)
+        self.clock = SearchClock(config.time_budget_seconds, config.workers)
+        self.candidates_spent: float | None = None  # the clock when the search stopped proposing
         self.by_hash: dict[str, Evaluation] = {}  # each architecture's longest evaluation
         self.best_weights: dict[str, Any] | None = None  # of best() only
         training = FinalTraining(config.final_epochs, config.final_splits) if config.final_epochs else None
@@ -180,9 +191,10 @@ class Search:
         self.proposer.bind(self.input_spec(), self.data)
         self.provenance = Provenance.of_search(self.search_id, self.dataset.name, self.dataset.version)
         self.tracker = self.connect_tracker()
+        state = None
         if self.run_id:
             self.tracker.reopen_run(self.run_id)
-            self._restore()
+            state = self._restore()
         else:
             params = {k: v for k, v in self.config.model_dump(mode="json").items() if v is not None}
             tags = {
@@ -194,25 +206,52 @@ class Search:
             self.run_id, self.owns_run = self.tracker.open_search_run(f"search-{self.search_id}", params, tags)
             self._write_search_file()
         self.provenance = self.provenance.with_search_run(self.run_id)
+        if self.config.warm_start != "none":
+            self.memory = self.tracker.memory()
+            if state is None and self.config.warm_start != "reuse":
+                self._warm_start(self.memory)
         self.prepared = True
         return self.dataset
+
+    def _warm_start(self, memory: EvaluationMemory) -> None:
+        """Tell the strategy the earlier searches' comparable results, and queue their best architectures (seeds)."""
+        assert self.dataset is not None and self.tracker is not None
+        check_warm_start(self.config, memory.searches(), self.tracker.tracking_uri)
+        context = context_key(
+            self.config, train_config(self.config, self.proposer.fidelity), self.dataset.version,
+            self.dataset.version if self.table is not None else None,
+        )  # fmt: skip
+        self.told, searches = told_evaluations(memory, self.config, context, self.space, self.search_id)
+        seeds = seed_genomes(memory, self.config, self.space)
+        self.proposer.warm_start(self.told, seeds)
+        for evaluation in self.told:
+            self._know(evaluation)
+        self.warm = WarmStart(self.config.warm_start, searches, len(self.told), len(seeds))
+        self.tracker.log_json(self.run_id, [e.summary() for e in self.told], "warm_start.json")
+        self.write_checkpoint()
 
     def _write_search_file(self) -> None:
         files.write_saved_search(self.output, self.search_id, self.run_id, self.config.model_dump(mode="json"))
 
-    def _restore(self) -> None:
-        """Continue from the last checkpoint; close the runs the dead process left RUNNING."""
+    def _restore(self) -> dict[str, Any] | None:
+        """Continue from the last checkpoint; close the runs the dead process left RUNNING. The checkpoint's state."""
         assert self.tracker is not None
         files.remove_partial_files(self.output)  # half-written by the dead process (e.g. .model.onnx.tmp)
         state = files.read_state(self.output)
         if state is not None:
             self.proposer.load_state(state)
+            self.clock.restore(state.get("spent_seconds", 0.0))
+            self.warm = WarmStart.from_dict(state.get("warm_start"))
+            for data in state.get("told", []):
+                self.told.append(Evaluation.from_dict(data))
+                self._know(self.told[-1])
             for data in state["finished"]:
                 self._remember(Evaluation.from_dict(data))
             self.finalist.restore(state.get("final"))
             weights = files.load_weights(self.output / files.WEIGHTS_FILE, getattr(self.best(), "hash", None))
             self.best_weights = self._fitting(weights)
         self.killed_on_resume += self._close_running()
+        return state
 
     def _close_running(self) -> int:
         """Close the search's evaluation runs left RUNNING: with their outcome when it was checkpointed, else KILLED
@@ -250,18 +289,39 @@ class Search:
 
     def propose(self) -> list[EvaluationRequest]:
         """The requests to evaluate next: the unfinished ones of the generation in flight (after a resume), else a new
-        generation: multi-fidelity promotions first, then up to ``population`` unseen genomes, never past the budget."""
+        generation: multi-fidelity promotions first, then up to ``population`` unseen genomes, never past the budget
+        or the time budget. Candidates evaluated exactly so before (in the tracking store) are reused, not requested.
+        """
         with self.timed("propose"):
-            if self.proposer.in_flight and not self.proposer.unfinished(self.records):
-                self.select()  # resumed after the generation's last candidate but before it was told to the strategy
-            if not self.proposer.unfinished(self.records):
-                if not self.proposer.plan_generation(self.records):
-                    return []
-                self.write_checkpoint()
-            return [self.request(p) for p in self.proposer.unfinished(self.records)]
+            while True:
+                if self.proposer.in_flight and not self.proposer.unfinished(self.records):
+                    self.select()  # resumed after the generation's last candidate, or every candidate was reused
+                if not self.proposer.unfinished(self.records):
+                    fits = None if self.clock.budget_seconds is None else self._fits
+                    if not self.proposer.plan_generation(self.records, fits):
+                        self.candidates_spent = self.clock.spent()
+                        return []
+                    self.write_checkpoint()
+                if requests := self._to_train(self.proposer.unfinished(self.records)):
+                    return requests
 
-    def request(self, planned: PlannedEvaluation) -> EvaluationRequest:
-        """A self-contained request for one planned evaluation."""
+    def _fits(self, epochs: list[int]) -> int:
+        return self.clock.affordable(epochs, self.records)
+
+    def _to_train(self, planned: list[PlannedEvaluation]) -> list[EvaluationRequest]:
+        """Requests for ``planned``, except new candidates whose exact evaluation the store holds: those are reused."""
+        requests = []
+        for one in planned:
+            request = self.request(one, deadline=self.clock.deadline())
+            found = self.memory.lookup(request.evaluation_key) if self.memory and one.origin != PROMOTION else None
+            if found is None:
+                requests.append(request)
+            else:
+                self.record_reused(request, found)
+        return requests
+
+    def request(self, planned: PlannedEvaluation, deadline: float | None = None) -> EvaluationRequest:
+        """A self-contained request for one planned evaluation (not started after ``deadline``, unix time)."""
         assert self.tracker is not None and self.provenance is not None
         table = (str(self.table.path), self.table.select_metric, self.table.report_metric) if self.table else None
         context = RequestContext(
@@ -270,11 +330,35 @@ class Search:
         parent_run_ids = [self.by_hash[h].mlflow_run_id for h in planned.parents if h in self.by_hash]
         stop_below = self.proposer.stop_below(self.records, planned.generation)
         return context.request(
-            planned, parent_run_ids, stop_below, self.proposer.checkpoint_path(planned.hash, planned.from_fidelity or 0)
+            planned,
+            parent_run_ids,
+            stop_below,
+            self.proposer.checkpoint_path(planned.hash, planned.from_fidelity or 0),
+            deadline,
         )
 
-    def record(self, result: EvaluationResult) -> Evaluation:
-        """Remember one result, checkpoint, then close its run (in that order, for resume)."""
+    def record_reused(self, request: EvaluationRequest, found: StoredEvaluation) -> Evaluation:
+        """Record an earlier run's result for a planned candidate: a run of its own, tagged ``reused_from``; no training."""
+        assert self.tracker is not None
+        planned = request.planned
+        tags = {**request.run_tags, "status": "running", "reused_from": found.run_id}
+        run_id = self.tracker.start_run(request.run_name, request.run_params, tags, parent_run_id=request.parent_run_id)
+        parent_run_ids = tuple(self.by_hash[h].mlflow_run_id for h in planned.parents if h in self.by_hash)
+        evaluation = Evaluation(
+            planned.index, planned.generation, planned.genome, planned.origin, planned.parents, parent_run_ids, run_id,
+            "ok", metrics=dict(found.metrics), hash=planned.hash, fidelity=planned.fidelity, bracket=planned.bracket,
+            proxy=planned.proxy, finished_seconds=round(time.time() - self.started_at, 3), reused_from=found.run_id,
+        )  # fmt: skip
+        return self._close(evaluation, None)
+
+    def record(self, result: EvaluationResult) -> Evaluation | None:
+        """Remember one result, checkpoint, then close its run (in that order, for resume).
+
+        None for a request skipped because the search's time was up: it is dropped from the generation.
+        """
+        if result.status == SKIPPED:
+            self.proposer.drop(result.index)
+            return None
         planned = self.proposer.planned(result.index)
         metrics = dict(result.metrics)
         if self.table is not None and result.ok:
@@ -294,13 +378,18 @@ class Search:
             files.save_tensors_atomic(self.proposer.checkpoint_path(evaluation.hash, evaluation.fidelity), result.state)
         if planned.from_fidelity is not None:  # continued: the shorter run's state is no longer needed
             self.proposer.checkpoint_path(planned.hash, planned.from_fidelity).unlink(missing_ok=True)
-        self._remember(evaluation)
-        if evaluation.ok and self.best() is evaluation and result.weights is not None:
-            files.save_tensors_atomic(self.output / files.WEIGHTS_FILE, {"hash": evaluation.hash, "weights": result.weights})
-            self.best_weights = result.weights
-        self.write_checkpoint()
-        close_evaluation(self.tracker, evaluation, self.table is not None)
+        return self._close(evaluation, result.weights)
+
+    def _close(self, evaluation: Evaluation, weights: dict[str, Any] | None) -> Evaluation:
+        """Remember, keep the weights when it is the best, checkpoint, close its run, report."""
         assert self.tracker is not None
+        self._remember(evaluation)
+        if evaluation.ok and self.best() is evaluation:  # a reused best has no weights here: retrained if it wins
+            if weights is not None:
+                files.save_tensors_atomic(self.output / files.WEIGHTS_FILE, {"hash": evaluation.hash, "weights": weights})
+            self.best_weights = weights
+        self.write_checkpoint()
+        close_evaluation(self.tracker, evaluation, self.table is not None or not evaluation.trained)
         best = self.best()
         if best is not None:
             self.tracker.log_metrics(self.run_id, {"best_val_accuracy": best.metrics["val_accuracy"]}, step=len(self.records))
@@ -309,6 +398,9 @@ class Search:
 
     def _remember(self, evaluation: Evaluation) -> None:
         self.records.append(evaluation)
+        self._know(evaluation)
+
+    def _know(self, evaluation: Evaluation) -> None:
         known = self.by_hash.get(evaluation.hash)
         if known is None or evaluation.fidelity >= known.fidelity:  # parents link to an architecture's longest training
             self.by_hash[evaluation.hash] = evaluation
@@ -319,6 +411,9 @@ class Search:
             {
                 "search_id": self.search_id,
                 **self.proposer.state(),
+                "spent_seconds": round(self.clock.spent(), 3),
+                "warm_start": self.warm.to_dict() if self.warm else None,
+                "told": [r.to_dict() for r in self.told],
                 "finished": [r.to_dict() for r in self.records],
                 "final": self.finalist.model.to_dict() if self.finalist.model else None,
             },
@@ -345,7 +440,8 @@ class Search:
             return self.best()
 
     def best(self) -> Evaluation | None:
-        finished = [r for r in self.records if r.ok]
+        """The best evaluation so far: of this search, or one a warm start told it (then its weights are retrained)."""
+        finished = [r for r in (*self.told, *self.records) if r.ok]
         return max(finished, key=Evaluation.best_key) if finished else None
 
     # ---- final training and export ----------------------------------------------------------------
@@ -365,7 +461,7 @@ class Search:
         best = self.best()
         assert best is not None and self.tracker is not None
         final = self.finalist.accept(best, result)
-        close_final(self.tracker, final, self.run_id)
+        close_final(self.tracker, final, self.run_id, link_source=best.origin != WARM_START)  # not another search's run
         self.write_checkpoint()
         return final
 
@@ -442,7 +538,9 @@ class Search:
         with contextlib.suppress(Exception):
             self._close_running()
         with contextlib.suppress(Exception):
-            self.tracker.set_tags(self.run_id, {"status": "failed", "failure_reason": reason[:5000]})
+            self.tracker.set_tags(
+                self.run_id, {"status": "failed", "failure_reason": reason[:5000], "stop_reason": STOP_INTERRUPTED}
+            )
             if self.owns_run:
                 self.tracker.end_run(self.run_id, ok=False)
 
@@ -482,8 +580,17 @@ class Search:
             proxy=screen.summary(self.records, len(self.proposer.screened)) if screen else None,
             final=self.finalist.model.to_dict() if self.finalist.model else None,
             candidates=tuple(r.summary() for r in sorted(self.records, key=lambda r: r.index)),
-            best=self._best_model(outcome),
+            best=self._best_model(outcome), stop_reason=self.proposer.stop_reason,
+            time_budget_seconds=self.clock.budget_seconds,
+            spent_seconds=round(self.candidates_spent if self.candidates_spent is not None else self.clock.spent(), 3),
+            device_seconds=round(self.device_seconds(), 3), warm_start=self.warm.to_dict() if self.warm else None,
         )  # fmt: skip
+
+    def device_seconds(self) -> float:
+        """Wall seconds of what this search trained: its candidates (not the reused ones) and the final training."""
+        final = self.finalist.model
+        spent = [r.metrics.get("wall_seconds", r.metrics.get("train_seconds", 0.0)) for r in self.records if r.trained]
+        return float(sum(spent)) + (final.metrics.get("train_seconds", 0.0) if final else 0.0)
 
     def _best_model(self, outcome: ExportOutcome | None) -> BestModel | None:
         best, final = self.best(), self.current_final()

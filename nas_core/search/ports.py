@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from nas_core.search.memory import EvaluationMemory, RunsMemory
+
 if TYPE_CHECKING:
     from torch import nn
 
@@ -61,6 +63,9 @@ class Tracker(Protocol):
     def running_runs(self, search_id: str, roles: Sequence[str]) -> list[str]: ...
     def is_transient(self, exc: BaseException) -> bool: ...
     def ui_hint(self) -> str: ...
+    def memory(self) -> EvaluationMemory:
+        """Earlier searches of the experiment and their evaluations (warm start and reuse read them)."""
+        ...
 
 
 class TrackerSpec(Protocol):
@@ -221,3 +226,6 @@ class MemoryTracker:
 
     def ui_hint(self) -> str:
         return "runs are kept in memory only (no tracking store)"
+
+    def memory(self) -> RunsMemory:
+        return RunsMemory(self)

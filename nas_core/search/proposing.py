@@ -14,12 +14,13 @@ from nas_core.evaluation.fidelity import Rungs
 from nas_core.evaluation.proxies import score_genome
 from nas_core.genome import Genome
 from nas_core.search.checkpoint import CHECKPOINTS_DIR
+from nas_core.search.clock import STOP_BUDGET, STOP_EXHAUSTED, STOP_TIME
 from nas_core.search.records import PROMOTION, Evaluation, PlannedEvaluation
 from nas_core.search.requests import train_config
 from nas_core.search.scheduling import FidelitySchedule, MedianStopping, MultiFidelity, ProxyScreen, SingleFidelity
 from nas_core.search.setup import space_options
 from nas_core.spaces import SearchSpace, create_space
-from nas_core.strategies import Strategy, create_strategy
+from nas_core.strategies import CandidateResult, Strategy, create_strategy
 
 # tabular benchmarks (NAS-Bench-201) are on CIFAR-10: their costs are computed for its inputs
 TABLE_INPUT_SPEC: tuple[tuple[int, ...], int] = ((3, 32, 32), 10)
@@ -52,6 +53,7 @@ class Proposer:
         self.screen = ProxyScreen(config.proxy, config.proxy_keep) if config.proxy != "none" else None
         self.stopping = MedianStopping(config.top_epochs) if config.early_stop == "median" else None
         self.generation = 0
+        self.stop_reason: str | None = None  # why planning stopped (budget, time, space exhausted)
         self.in_flight: list[PlannedEvaluation] = []  # the generation being evaluated
         self.screened: list[dict[str, Any]] = []  # proposals the zero-cost proxy kept from training
         self.input_spec: tuple[tuple[int, ...], int] = TABLE_INPUT_SPEC
@@ -100,15 +102,26 @@ class Proposer:
     def stop_below(self, records: Sequence[Evaluation], generation: int) -> tuple[float | None, ...]:
         return self.stopping.thresholds(records, generation) if self.stopping else ()
 
-    def plan_generation(self, records: Sequence[Evaluation]) -> bool:
-        """Plan the next generation: promotions first, then up to ``population`` unseen genomes within the budget.
+    def plan_generation(self, records: Sequence[Evaluation], fits: Callable[[list[int]], int] | None = None) -> bool:
+        """Plan the next generation: promotions first, then up to ``population`` unseen genomes within the budget
+        (reused evaluations do not count against it) and, with ``fits``, within the time left.
 
-        False when there is nothing left to evaluate.
+        ``fits(epochs)`` says how many evaluations of these epochs (in order) can still finish in time. False when
+        there is nothing left to evaluate; :attr:`stop_reason` then says why.
         """
         new_so_far = sum(r.origin != PROMOTION for r in records)
+        trained = sum(r.origin != PROMOTION and r.trained for r in records)
         promoted = self.fidelity.promotions(records)[: self.config.population]
-        count = min(self.config.population - len(promoted), self.config.budget - new_so_far)
+        count = max(0, min(self.config.population - len(promoted), self.config.budget - trained))
+        out_of = STOP_BUDGET
+        if fits is not None and (promoted or count):
+            start_epochs = self.fidelity.start(new_so_far, self.config.epochs)[0]
+            affordable = fits([epochs for _, epochs in promoted] + [start_epochs] * count)
+            if affordable < len(promoted) + count:
+                out_of = STOP_TIME
+                promoted, count = promoted[:affordable], max(0, min(count, affordable - len(promoted)))
         if not promoted and count <= 0:
+            self.stop_reason = out_of
             return False
         self.generation += 1
         first = len(records) + 1
@@ -125,6 +138,9 @@ class Proposer:
                 PlannedEvaluation(index, self.generation, proposal.genome, proposal.hash, proposal.origin,
                                   tuple(proposal.parents), fidelity, bracket, proxy=proxy)
             )  # fmt: skip
+        if not self.in_flight:
+            self.stop_reason = STOP_EXHAUSTED
+            return False
         return True
 
     def _ask(self, count: int) -> list[tuple[Any, float | None]]:
@@ -140,12 +156,25 @@ class Proposer:
     def generation_done(self) -> None:
         self.in_flight = []
 
+    def drop(self, index: int) -> None:
+        """Forget a planned evaluation that will not run (it had not started when the search's time was up)."""
+        self.in_flight = [p for p in self.in_flight if p.index != index]
+
+    def warm_start(self, told: Sequence[Evaluation], seeds: Sequence[Genome]) -> None:
+        """Before the first ask: queue ``seeds`` to be trained first, and tell the strategy earlier results."""
+        for genome in seeds:
+            self.strategy.enqueue(genome)
+        self.strategy.tell(
+            [CandidateResult(e.genome, e.status, e.metrics.get("val_accuracy"), "", e.metrics, e.hash) for e in told]
+        )
+
     def state(self) -> dict[str, Any]:
         return {
             "generation": self.generation,
             "strategy": self.strategy.state_dict(),
             "in_flight": [p.to_dict() for p in self.in_flight],
             "screened": self.screened,
+            "stop_reason": self.stop_reason,
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -153,3 +182,4 @@ class Proposer:
         self.generation = state["generation"]
         self.in_flight = [PlannedEvaluation.from_dict(p) for p in state["in_flight"]]
         self.screened = list(state.get("screened", []))
+        self.stop_reason = state.get("stop_reason")

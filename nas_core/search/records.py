@@ -19,6 +19,8 @@ from nas_core.evaluation.training import TrainConfig
 from nas_core.genome import Genome
 
 PROMOTION = "promotion"  # the origin of a multi-fidelity evaluation that continues an architecture at a longer budget
+WARM_START = "warm-start"  # the origin of an earlier search's evaluation that a warm start told the strategy
+SKIPPED = "skipped"  # the status of a request that had not started when the search's time was up (not recorded)
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,8 @@ class EvaluationRequest:
     start_checkpoint: str | None = None  # multi-fidelity: continue from this saved training state
     keep_state: bool = False  # multi-fidelity: return the training state, to continue it if promoted
     proxy: tuple[str, float] | None = None  # the zero-cost proxy's name and score, logged on the run
+    deadline: float | None = None  # unix time: a request not started by then is skipped (the search's time is up)
+    evaluation_key: str = ""  # its identity (nas_core.search.identity): a finished run with the same key is reusable
 
     @property
     def index(self) -> int:
@@ -142,10 +146,16 @@ class Evaluation:
     finished_seconds: float | None = None  # since the search (this process) started
     timing: dict[str, float] = field(default_factory=dict)  # train_started/train_ended (unix time)
     curve: tuple[float, ...] = ()  # validation accuracy per epoch trained
+    reused_from: str = ""  # the earlier run whose result this is (reused or told by a warm start): nothing was trained
 
     @property
     def ok(self) -> bool:
         return self.status == "ok"
+
+    @property
+    def trained(self) -> bool:
+        """Whether this search trained it (or looked it up in its table), rather than reusing an earlier result."""
+        return not self.reused_from
 
     def selection_key(self) -> tuple[float, float, float]:
         """Validation accuracy, then validation F1, then fewer parameters. Never a test metric."""
@@ -179,6 +189,7 @@ class Evaluation:
             "wall_seconds": m.get("wall_seconds"),
             **{k: self.timing.get(k) for k in ("train_started", "train_ended")},
             "stopped_at_epoch": m.get("stopped_at_epoch"),
+            "reused_from": self.reused_from or None,
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -194,7 +205,7 @@ class Evaluation:
             hash=data["hash"], fidelity=data["fidelity"], bracket=data.get("bracket", 0),
             promoted_from=data.get("promoted_from") or "", proxy=data.get("proxy"),
             finished_seconds=data.get("finished_seconds"), timing=dict(data.get("timing", {})),
-            curve=tuple(data.get("curve", ())),
+            curve=tuple(data.get("curve", ())), reused_from=data.get("reused_from") or "",
         )  # fmt: skip
 
 

@@ -13,6 +13,8 @@ from nas_core.evaluation.training import TrainConfig
 from nas_core.genome import Genome
 from nas_core.provenance import Provenance
 from nas_core.search.final import training_params
+from nas_core.search.identity import context_key, evaluation_key
+from nas_core.search.memory import genome_tag
 from nas_core.search.records import EvaluationRequest, PlannedEvaluation
 from nas_core.search.scheduling import FidelitySchedule
 from nas_core.search.setup import space_options, threads_per_candidate
@@ -48,13 +50,21 @@ class RequestContext:
     describe: Any  # the space's describe(genome) -> run params
 
     def request(
-        self, planned: PlannedEvaluation, parent_run_ids: Sequence[str], stop_below: tuple[float | None, ...], checkpoint: Path
+        self,
+        planned: PlannedEvaluation,
+        parent_run_ids: Sequence[str],
+        stop_below: tuple[float | None, ...],
+        checkpoint: Path,
+        deadline: float | None = None,
     ) -> EvaluationRequest:
         config, provenance = self.config, self.provenance
         train = dataclasses.replace(
             train_config(config, self.fidelity, planned.genome), epochs=planned.fidelity, stop_below=stop_below
         )
         settings = {"evaluator": config.evaluator} if self.table else training_params(train)
+        table_version = provenance.dataset_version if self.table else None
+        key = evaluation_key(config, train, planned.hash, provenance.dataset_version, table_version)
+        context = context_key(config, train_config(config, self.fidelity), provenance.dataset_version, table_version)
         return EvaluationRequest(
             search_id=provenance.search_id,
             planned=planned,
@@ -72,6 +82,10 @@ class RequestContext:
                 "parents": ",".join(parent_run_ids),
                 "parent_hashes": ",".join(planned.parents),
                 **self.fidelity.tags(planned),
+                "space": config.space,
+                "evaluation_key": key,
+                "context_key": context,
+                **genome_tag(planned.genome),
             },
             parent_run_id=provenance.search_run_id or "",
             tracker=self.tracker,
@@ -90,4 +104,6 @@ class RequestContext:
             start_checkpoint=str(checkpoint) if planned.from_fidelity is not None and checkpoint.is_file() else None,
             keep_state=self.fidelity.keep_state(train.epochs),
             proxy=(config.proxy, planned.proxy) if planned.proxy is not None else None,
+            deadline=deadline,
+            evaluation_key=key,
         )

@@ -47,6 +47,7 @@ class BestModel:
     handoff_path: str | None = None
     registry: dict[str, Any] | None = None
     model_error: str | None = None  # why a trained search has no exported model (None when it has one, or trains none)
+    reused_from: str | None = None  # the earlier run whose result it is, when this search did not train it
 
     @classmethod
     def of(
@@ -66,6 +67,7 @@ class BestModel:
             onnx_path=str(outcome.path) if outcome else None, onnx_max_abs_diff=outcome.max_abs_diff if outcome else None,
             handoff_path=str(outcome.handoff_path) if outcome and outcome.handoff_path else None,
             registry=outcome.registration if outcome else None, model_error=model_error,
+            reused_from=best.reused_from or None,
         )  # fmt: skip
 
     def metric(self, name: str) -> float | None:
@@ -95,6 +97,11 @@ class SearchSummary:
     best: BestModel | None
     elapsed_seconds: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)
+    stop_reason: str | None = None  # why it stopped proposing: budget, time or space exhausted
+    time_budget_seconds: float | None = None
+    spent_seconds: float = 0.0  # the search's time until its candidates ended, earlier processes' included
+    device_seconds: float = 0.0  # wall seconds of the evaluations it trained (candidates, final and recovery)
+    warm_start: dict[str, Any] | None = None  # what it took from earlier searches (WarmStart)
     format: int = SUMMARY_FORMAT
 
     @property

@@ -143,7 +143,11 @@ class Strategy:
         return [self.proposal(g, "sample") for g in picked]
 
     def tell(self, results: Sequence[CandidateResult]) -> None:
-        """Learn from finished evaluations (failures included)."""
+        """Learn from finished evaluations (failures included).
+
+        Told results it did not propose (a warm start tells earlier searches' evaluations before the first
+        ask) are never proposed; each strategy's docstring says how else they count.
+        """
         for result in results:
             self.seen.add(result.hash)
 

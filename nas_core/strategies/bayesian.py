@@ -221,7 +221,12 @@ class _Rows(Sequence[Candidate]):
 
 @register_strategy("bo")
 class BayesianOptimization(Strategy):
-    """GP-based Bayesian optimisation over the space's encodings (see the module docstring)."""
+    """GP-based Bayesian optimisation over the space's encodings (see the module docstring).
+
+    Told results it did not propose are observations like its own (failures as the worst so far) and
+    count towards the ``initial`` random design: a warm start with ``initial`` or more results has the
+    model choose from the first ask, with fewer only the rest of the design is random.
+    """
 
     name = "bo"
 

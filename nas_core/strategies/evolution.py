@@ -16,6 +16,10 @@ class RegularizedEvolution(Strategy):
 
     The population keeps the ``population_size`` most recent successful candidates (the oldest dies,
     whatever its fitness), which is what makes the evolution "regularized".
+
+    Told results it did not propose: successful ones join the population as if it had proposed them, in
+    the order told (so a warm start with at least ``population_size`` successes breeds from its first ask,
+    from the most recent ones).
     """
 
     name = "evolution"

@@ -26,6 +26,10 @@ class GeneticAlgorithm(Strategy):
     ``population_size`` results have come back since the last survival (so that a pipeline that
     always keeps some candidates in flight still advances). Failed results never enter the
     population; they only count as returned.
+
+    Told results it did not propose count as returned offspring: told before the first ask (a warm
+    start), nothing is pending, so they end a generation at once and the best ``population_size`` of
+    them are the population the first ask breeds from.
     """
 
     name = "genetic"

@@ -124,6 +124,9 @@ class NSGA2(GeneticAlgorithm):
     Breeding and generations work as in :class:`GeneticAlgorithm`, but parents win binary tournaments
     on (front rank, -crowding distance) and survival keeps whole fronts, then the least crowded.
     ``pareto_front()`` is the non-dominated set of every successful candidate told so far.
+
+    Told results it did not propose: as in :class:`GeneticAlgorithm` (a warm start's results are the first
+    population, chosen by fronts and crowding), and they count in ``pareto_front()``.
     """
 
     name = "nsga2"

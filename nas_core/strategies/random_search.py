@@ -7,6 +7,9 @@ from nas_core.strategies.base import Strategy, register_strategy
 
 @register_strategy("random")
 class RandomSearch(Strategy):
-    """Uniform samples from the space (never the same architecture twice)."""
+    """Uniform samples from the space (never the same architecture twice).
+
+    Told results it did not propose: only never proposed (random search ignores fitness).
+    """
 
     name = "random"

@@ -68,6 +68,14 @@ def test_each_run_gets_its_own_output_in_the_project(tmp_path, monkeypatch):
         dep.run_settings({"budgett": 1}, None, "id")
 
 
+def test_a_scheduled_run_warm_starts_from_the_earlier_ones_unless_told_otherwise(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert dep.run_settings({}, None, "id").warm_start == "auto"
+    (tmp_path / "fresh.yaml").write_text("warm_start: none\n")
+    assert dep.run_settings({}, "fresh.yaml", "id").warm_start == "none"
+    assert dep.run_settings({"warm_start": "reuse"}, None, "id").warm_start == "reuse"
+
+
 def test_a_tracking_server_given_at_deploy_time_stays_the_deployments(monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     assert dep._job_variables() == {}  # runs log to <project_dir>/mlflow.db (or the worker's MLFLOW_TRACKING_URI)

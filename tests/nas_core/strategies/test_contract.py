@@ -196,6 +196,82 @@ def test_an_already_seen_enqueued_genome_is_not_proposed_again(pair):
     assert first.hash not in {p.hash for p in strategy.ask(POPULATION)}
 
 
+# ---- warm start: results told before the first ask, of architectures the strategy never proposed ----
+
+
+def prior_results(strategy) -> list[CandidateResult]:
+    """2 * POPULATION results of distinct architectures drawn with another RNG than any strategy's; every
+    third failed; the first architecture told twice (two earlier searches may both have evaluated it)."""
+    rng, results, identities = random.Random(2024), [], set()
+    while len(results) < 2 * POPULATION:
+        genome = strategy.space.sample(rng)
+        identity = strategy.identity(genome)
+        if identity not in identities:
+            identities.add(identity)
+            results.append(result_of(strategy.proposal(genome, "sample"), failed=len(results) % 3 == 2))
+    return [*results, results[0]]
+
+
+def warm(name: str, seed: int, space: str):
+    """A fresh strategy told ``prior_results`` before its first ask, and those results."""
+    strategy = make(name, seed, space)
+    prior = prior_results(strategy)
+    strategy.tell(prior)
+    return strategy, prior
+
+
+def test_after_a_warm_tell_asks_go_on_and_never_propose_a_told_architecture(pair):
+    strategy, prior = warm(pair[0], 21, pair[1])
+    told = {r.hash for r in prior}
+    log = run_search(strategy, SHORT + 1, fail_every=4)
+    assert all(len(generation) == POPULATION for generation in log), "no stall"
+    proposed = hashes(log)
+    assert len(set(proposed)) == len(proposed)
+    assert not told & set(proposed), "a told architecture was proposed again"
+    only_failures = make(pair[0], 21, pair[1])
+    only_failures.tell([r for r in prior if not r.ok])
+    assert len(only_failures.ask(POPULATION)) == POPULATION
+
+
+def test_state_after_a_warm_tell_round_trips_and_the_restored_strategy_continues_exactly(pair):
+    original, _ = warm(pair[0], 22, pair[1])
+    state = original.state_dict()
+    assert json_round_trip(state) == state
+    restored = make(pair[0], 999, pair[1])
+    restored.load_state_dict(json_round_trip(state))
+    assert restored.state_dict() == state
+    assert run_search(restored, SHORT - 1) == run_search(original, SHORT - 1)
+
+
+@pytest.mark.parametrize("told_pair", [p for p in PAIRS if p[0] != "random"], ids=lambda p: f"{p[0]}-{p[1]}")
+def test_told_results_shape_the_first_ask(told_pair):
+    """Told results count as if the strategy had proposed them: they fill the population (or the model, or
+    the starting points), so the first ask already breeds from, climbs from or models them.
+
+    ``random`` is exempt: it ignores fitness by design, so told results only count as seen.
+    """
+    name, space = told_pair
+    strategy, prior = warm(name, 23, space)
+    good = {r.hash for r in prior if r.ok}
+    first = strategy.ask(POPULATION)
+    fresh = make(name, 23, space).ask(POPULATION)
+    assert [p.hash for p in first] != [p.hash for p in fresh], "the told results changed nothing"
+    assert any(p.origin != "sample" for p in first), "the first ask is random samples only, as in a fresh search"
+    assert {parent for p in first for parent in p.parents} <= good, "parents are told successes"
+
+
+@pytest.mark.parametrize(("told", "random_first"), [(12, 0), (6, 4)])
+def test_bo_counts_told_results_towards_its_initial_random_design(told, random_first):
+    strategy = create_strategy("bo", space_of("nb201"), seed=0)
+    assert strategy.initial == 10
+    rng, prior = random.Random(7), {}
+    while len(prior) < told:
+        proposal = strategy.proposal(strategy.space.sample(rng), "sample")
+        prior.setdefault(proposal.hash, result_of(proposal))
+    strategy.tell(list(prior.values()))
+    assert [p.origin for p in strategy.ask(6)] == ["sample"] * random_first + ["model"] * (6 - random_first)
+
+
 def test_loading_another_strategys_state_raises(name):
     strategy = make(name)
     for other in sorted(set(list_strategies()) - {name}):

@@ -79,9 +79,9 @@ def test_already_seen_neighbours_are_not_proposed_again():
     strategy = local(seed=4)
     start = SPACE.sample(random.Random(5))
     neighbours = SPACE.neighbours(start)
-    strategy.tell([ok(n, -1.0) for n in neighbours[:3]])  # evaluated elsewhere (e.g. before a resume)
-    strategy.enqueue(start)
-    strategy.tell([ok(strategy.ask(1)[0].genome, 0.5)])
+    # evaluated elsewhere (e.g. told by a warm start): every one a starting point, the best (start) first
+    strategy.tell([ok(n, -1.0) for n in neighbours[:3]] + [ok(start, 0.5)])
+    assert strategy.current["hash"] == SPACE.identity(start)
     proposals = strategy.ask(len(neighbours))
     local_ones = [p.hash for p in proposals if p.origin == "local"]
     assert sorted(local_ones) == sorted(ids(neighbours[3:]))
@@ -149,10 +149,26 @@ def test_neighbours_seen_already_decide_at_once_moving_on():
 
 def test_neighbours_seen_already_decide_at_once_restarting():
     strategy, start = started(seed=11, value=0.5)
-    strategy.tell([ok(n, 0.1) for n in SPACE.neighbours(start)])
+    neighbours = SPACE.neighbours(start)
+    strategy.tell([ok(n, 0.1 + 0.01 * (i == 2)) for i, n in enumerate(neighbours)])
     proposal = strategy.ask(1)[0]
     assert strategy.optima == [{"hash": SPACE.identity(start), "fitness": 0.5}]
-    assert proposal.origin == "sample"
+    # told without being asked for, the neighbours are starting points too: the restart begins at the best
+    assert strategy.current["hash"] == SPACE.identity(neighbours[2])
+    assert proposal.origin == "local" and proposal.parents == (SPACE.identity(neighbours[2]),)
+
+
+def test_told_results_it_did_not_propose_are_starting_points_best_first():
+    strategy = local(seed=13)
+    rng = random.Random(14)
+    told = [SPACE.sample(rng) for _ in range(5)]
+    values = [0.2, 0.7, 0.4, 0.9, 0.1]
+    strategy.tell([failed(told[0])] + [ok(g, v) for g, v in zip(told[1:], values[1:], strict=True)])
+    best = SPACE.identity(told[3])
+    assert strategy.current["hash"] == best
+    assert sorted(s["hash"] for s in strategy.starts) == sorted(ids([told[1], told[2], told[4]]))
+    proposal = strategy.ask(1)[0]
+    assert proposal.origin == "local" and proposal.parents == (best,)
 
 
 def test_neighbours_outside_the_constraint_are_skipped():

@@ -242,7 +242,8 @@ def _print_summary(summary: SearchSummary) -> None:
     Console().print(table)
     print(f"summary: {summary.folder / 'summary.json'}")
     if not best or best.onnx_path:
-        print(f"ONNX model: {best.onnx_path if best else '(none: every candidate failed)'}")
+        none = "the time budget ended before any candidate finished" if not summary.candidates else "every candidate failed"
+        print(f"ONNX model: {best.onnx_path if best else f'(none: {none})'}")
     if best and best.final_run_id and summary.final:
         final = summary.final
         print(f"final model: retrained {final['epochs']} epochs on {final['trained_on']}, test_acc {final['test_accuracy']:.4f}")

@@ -194,6 +194,14 @@ def test_a_time_budget_stops_proposing_and_closes_every_run(tmp_path):
     assert {run.status for run in tracker.runs.values()} == {"FINISHED"}, "nothing left RUNNING"
 
 
+def test_a_multi_fidelity_search_respects_the_time_budget_too(tmp_path):
+    tracker = MemoryTracker()
+    settings = {"fidelity": "epochs", "min_epochs": 1, "max_epochs": 3, "eta": 2, "budget": 500, "population": 2}
+    summary = _search(tmp_path, tracker, "rungs", workers=1, time_budget="4s", **settings).run()
+    assert summary.stop_reason == "time" and 0 < len(summary.candidates) < 500
+    assert {run.status for run in tracker.runs.values()} == {"FINISHED"}
+
+
 def test_a_search_that_ends_by_its_budget_says_so(tmp_path, table):
     summary = _table_search(tmp_path, MemoryTracker(), table, "counted", seed=1).run()
     assert summary.stop_reason == "budget" and summary.time_budget_seconds is None

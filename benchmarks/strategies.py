@@ -12,6 +12,11 @@ result is the table's best-by-select architecture (up to isomorphism, i.e. the s
 
 ``optuna-tpe`` is Optuna's TPE sampler over one categorical parameter per edge (the benchmark extra:
 ``pip install 'nas-pipeline[bench]'``); every trial counts as a query, repeated architectures too.
+
+``STRATEGY+PROXY`` (e.g. ``bo+synflow``) is a registered strategy given a zero-cost proxy's scores of every
+architecture as its prior (``Strategy.use_prior``). The proxy table is computed once (data-free, at
+initialisation, CIFAR-10's input shape) and cached in ``--proxy-dir``; its Spearman correlation with the select
+and report metrics (per identity) goes into the JSON.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import multiprocessing
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +42,16 @@ if str(REPO_ROOT) not in sys.path:  # run as a script from a checkout
 
 from benchmarks.common import environment as common_environment  # noqa: E402
 from benchmarks.common import package_version  # noqa: E402
+from nas_core.evaluation.proxies import PROXIES, rank_correlation  # noqa: E402
+from nas_core.evaluation.proxy_table import ProxyTable, ProxyTableKey, load_or_compute  # noqa: E402
 from nas_core.evaluation.table import DEFAULT_REPORT_METRIC, DEFAULT_SELECT_METRIC, TableError, TableEvaluator  # noqa: E402
 from nas_core.spaces import create_space  # noqa: E402
 from nas_core.spaces.nb201 import EDGES, NB201_OPS, format_arch  # noqa: E402
 from nas_core.strategies import STRATEGIES, CandidateResult, create_strategy  # noqa: E402
 
 OPTUNA_TPE = "optuna-tpe"
+PROXY_DIR = REPO_ROOT / "benchmarks" / "results" / "proxies"
+TABLE_INPUT = ((3, 32, 32), 10)  # NAS-Bench-201's CIFAR-10 inputs, as nas search uses for a table
 MISSING_OPTUNA = "optuna-tpe needs optuna: pip install 'nas-pipeline[bench]' (or pip install 'optuna>=3.6')"
 
 Trace = list[tuple[str, float, float]]  # per query: (identity, select value, report value)
@@ -54,11 +63,12 @@ Trace = list[tuple[str, float, float]]  # per query: (identity, select value, re
 class Simulation:
     """A table, the nb201 space and the table's best; one per worker process."""
 
-    def __init__(self, table: str, select_metric: str, report_metric: str) -> None:
+    def __init__(self, table: str, select_metric: str, report_metric: str, priors: Mapping[str, str] | None = None) -> None:
         self.evaluator = TableEvaluator.load(table, select_metric, report_metric)
         self.space = create_space("nb201")
         best_key, _ = self.evaluator.best()
         self.best_identity = self.space.identity(self.space.from_arch_string(best_key))
+        self.priors = {proxy: ProxyTable.read(Path(path)).scores for proxy, path in (priors or {}).items()}
 
     def lookup(self, arch: str) -> tuple[float, float]:
         row = self.evaluator.rows.get(arch)
@@ -67,8 +77,12 @@ class Simulation:
         return float(row[self.evaluator.select_metric]), float(row[self.evaluator.report_metric])
 
     def run_strategy(self, name: str, seed: int, budget: int, batch: int, population: int) -> Trace:
-        """``budget`` queries of a registered strategy (fewer if the space runs out)."""
+        """``budget`` queries of a registered strategy, ``STRATEGY+PROXY``: with the proxy's prior (fewer if the space
+        runs out)."""
+        name, _, proxy = name.partition("+")
         strategy = create_strategy(name, self.space, seed=seed, population=population)
+        if proxy:
+            strategy.use_prior(self.priors[proxy])
         trace: Trace = []
         while len(trace) < budget:
             proposals = strategy.ask(min(batch, budget - len(trace)))
@@ -115,9 +129,9 @@ class Simulation:
 _SIMULATION: Simulation | None = None
 
 
-def _init_worker(table: str, select_metric: str, report_metric: str) -> None:
+def _init_worker(table: str, select_metric: str, report_metric: str, priors: Mapping[str, str] | None = None) -> None:
     global _SIMULATION
-    _SIMULATION = Simulation(table, select_metric, report_metric)
+    _SIMULATION = Simulation(table, select_metric, report_metric, priors)
 
 
 def _run_one(job: tuple[str, int, list[int], int, int]) -> tuple[list[tuple[float, bool] | None], float]:
@@ -221,22 +235,64 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=1, help="proposals asked (and evaluated) at a time")
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="processes over seeds")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
+    parser.add_argument("--proxy-dir", type=Path, default=PROXY_DIR, help="where proxy tables are cached (STRATEGY+PROXY)")
+    parser.add_argument("--proxy-processes", type=int, default=2, help="processes computing a proxy table")
     args = parser.parse_args(argv)
     if args.budgets is None:
         args.budgets = _int_list(str(args.budget))
-    for flag in ("seeds", "population", "batch", "workers"):
+    for flag in ("seeds", "population", "batch", "workers", "proxy_processes"):
         if getattr(args, flag) < 1:
-            parser.error(f"--{flag} must be at least 1")
+            parser.error(f"--{flag.replace('_', '-')} must be at least 1")
     return args
+
+
+def _known_name(name: str) -> bool:
+    strategy, plus, proxy = name.partition("+")
+    return name == OPTUNA_TPE or (strategy in STRATEGIES and (not plus or proxy in PROXIES))
+
+
+def proxy_table(proxy: str, args: argparse.Namespace, progress: Callable[[str], None]) -> dict[str, Any]:
+    """Load (or compute and cache) the proxy's table over nb201, and its Spearman correlation with the table's metrics
+    over identities (each identity's first architecture in the space's listing)."""
+    space = create_space("nb201")
+    key = ProxyTableKey.of(space, *TABLE_INPUT, proxy)
+    step = max(1, len(space.enumerate()) // 10)
+
+    def report(done: int, total: int) -> None:
+        if done % step < 32 or done == total:  # about every tenth (the table is scored in chunks of 32)
+            progress(f"{proxy} table: {done}/{total} architectures scored")
+
+    table, path = load_or_compute(space, key, args.proxy_dir, args.proxy_processes, report)
+    simulation = Simulation(str(args.table), args.select_metric, args.report_metric)
+    scores, select, report_values = [], [], []
+    for genome in space.enumerate():
+        value, reported = simulation.lookup(space.arch_string(genome))
+        scores.append(table.scores[space.identity(genome)])
+        select.append(value)
+        report_values.append(reported)
+    low = min((v for v in scores if math.isfinite(v)), default=0.0) - 1.0
+    scores = [v if math.isfinite(v) else low for v in scores]  # no flow (a cell that passes nothing): the lowest
+    row = {
+        "file": path,
+        "checksum": table.checksum,
+        "minutes": table.seconds / 60,
+        "architectures": len(scores),
+        "non_finite": sum(v == low for v in scores),
+        f"spearman_{args.select_metric}": rank_correlation(scores, select),
+        f"spearman_{args.report_metric}": rank_correlation(scores, report_values),
+    }
+    progress(f"{proxy} table {path.name}: computed in {row['minutes']:.1f} min; Spearman rho with "
+             f"{args.select_metric} {row[f'spearman_{args.select_metric}']:.3f}")  # fmt: skip
+    return row
 
 
 def main(argv: Sequence[str] | None = None, progress: Callable[[str], None] | None = None) -> int:
     args = parse_args(argv)
     progress = progress or (lambda line: print(line, file=sys.stderr, flush=True))
     names = [s.strip() for s in args.strategies.split(",") if s.strip()] if args.strategies else [*STRATEGIES, OPTUNA_TPE]
-    unknown = [n for n in names if n not in STRATEGIES and n != OPTUNA_TPE]
+    unknown = [n for n in names if not _known_name(n)]
     if unknown or not names:
-        known = ", ".join([*sorted(STRATEGIES), OPTUNA_TPE])
+        known = ", ".join([*sorted(STRATEGIES), OPTUNA_TPE]) + f"; STRATEGY+PROXY with a proxy of {', '.join(PROXIES)}"
         print(f"unknown strategy {', '.join(unknown) or '(none given)'} (known: {known})", file=sys.stderr)
         return 2
     if OPTUNA_TPE in names and _version("optuna") is None:
@@ -248,9 +304,11 @@ def main(argv: Sequence[str] | None = None, progress: Callable[[str], None] | No
         print(exc, file=sys.stderr)
         return 2
 
+    proxies = list(dict.fromkeys(n.partition("+")[2] for n in names if "+" in n))
+    priors = {proxy: proxy_table(proxy, args, progress) for proxy in proxies}
     results: list[dict[str, Any]] = []
     timings: dict[str, float] = {}
-    init = (str(args.table), args.select_metric, args.report_metric)
+    init = (str(args.table), args.select_metric, args.report_metric, {p: str(row["file"]) for p, row in priors.items()})
     with _single_threaded_children(), multiprocessing.get_context("spawn").Pool(args.workers, _init_worker, init) as pool:
         for name in names:
             start = time.perf_counter()
@@ -278,6 +336,7 @@ def main(argv: Sequence[str] | None = None, progress: Callable[[str], None] | No
                 "workers": args.workers,
             },
             "seconds": timings,
+            "proxies": {proxy: {**row, "file": str(row["file"])} for proxy, row in priors.items()},
         }
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(document, indent=2) + "\n")

@@ -8,7 +8,7 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import click
 import typer
@@ -89,6 +89,21 @@ def _tracking_server_problem() -> str | None:
     return f"error: {escape(problem)}" if problem else None
 
 
+def _use_running_stack(project_dir: Path) -> str:
+    """Point the search at the servers `nas up` runs for the project, where PREFECT_API_URL / MLFLOW_TRACKING_URI do
+    not say otherwise; which Prefect and MLflow it uses, in words."""
+    from flows.stack import running_urls
+
+    wanted = [key for key in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI") if not os.environ.get(key)]
+    urls = running_urls(project_dir) if wanted else {}
+    for key, name in (("PREFECT_API_URL", "prefect"), ("MLFLOW_TRACKING_URI", "mlflow")):
+        if key in wanted and name in urls:
+            os.environ[key] = urls[name]
+    prefect = os.environ.get("PREFECT_API_URL") or "temporary server"
+    mlflow = os.environ.get("MLFLOW_TRACKING_URI") or str(Path(project_dir).resolve() / "mlflow.db")
+    return f"Prefect: {prefect}, MLflow: {mlflow}"
+
+
 def _check_writable(folder: Path) -> None:
     """Create the output folder, or say in one line (nothing left behind) why it cannot hold the search's outputs."""
     from flows.preflight import NotWritable, make_output_folder
@@ -108,6 +123,10 @@ def _load_search_config(config_file: Path | None, overrides: dict[str, Any]):
         raise UsageProblem(str(exc)) from None
     if not config.project_dir.is_dir():
         raise UsageProblem(f"project folder '{config.project_dir}' does not exist; pass --project-dir")
+    if config.init_genome is not None:  # its limits and structure first: cheap (no torch, no MLflow), nothing read yet
+        from nas_core.genome import Genome
+
+        _genome_or_usage(config.init_genome, Genome.read)
     _check_places(config)  # cheap: a read-only or full project stops here, before any data is read
     if config.table_path is not None:
         from nas_core.evaluation.table import TableError, TableEvaluator
@@ -116,10 +135,6 @@ def _load_search_config(config_file: Path | None, overrides: dict[str, Any]):
             TableEvaluator.load(config.table_path, config.select_metric, config.report_metric)
         except TableError as exc:
             raise UsageProblem(str(exc)) from None
-    if config.init_genome is not None:  # its limits and structure first: cheap, and before any data is read
-        from nas_core.genome import Genome
-
-        _genome_or_usage(config.init_genome, Genome.read)
     from nas_core.data.preparation import DatasetError, read_source
     from nas_core.search.setup import fit_space_to_data
 
@@ -222,7 +237,8 @@ def _print_summary(summary: SearchSummary) -> None:
     table = Table(title=f"search {summary.search_id}", show_header=False)
     table.add_row("dataset", f"{summary.dataset['name']} (version {summary.dataset['version']})")
     reused = sum(bool(c.get("reused_from")) for c in summary.candidates)
-    table.add_row("candidates", f"{total - reused} trained, {reused} reused; {ok} ok, {total - ok} failed")
+    with_reused = f" + {reused} reused" if reused else ""
+    table.add_row("candidates", f"{total - reused} trained{with_reused}, {ok} ok, {total - ok} failed")
     if summary.warm_start:
         warm = summary.warm_start
         table.add_row("warm start", f"told {warm['told']} earlier evaluations of {len(warm['searches'])} searches, "
@@ -347,6 +363,7 @@ def search(
         config, search_id = _resumed_config(resume, config_file, overrides)
         config = _with_default_workers(config)
         _check_gate_metrics(gates, config.table_path is not None)
+        services = _use_running_stack(config.project_dir)
         if problem := _tracking_server_problem():
             console.print(problem)
             return EXIT_FAILED
@@ -354,6 +371,7 @@ def search(
     else:
         config = _with_default_workers(_load_search_config(config_file, overrides))
         _check_gate_metrics(gates, config.table_path is not None)
+        services = _use_running_stack(config.project_dir)
         if problem := _tracking_server_problem():
             console.print(problem)
             return EXIT_FAILED
@@ -377,7 +395,7 @@ def search(
     )
     console.print(
         f"{'resuming search' if resume else 'search'} {search_id}: {config.strategy} on {config.dataset}, "
-        f"{plan}, {config.workers} in parallel ({config.runner}) -> {out}"
+        f"{plan}, {config.workers} in parallel ({config.runner}) -> {out}; {services}"
     )
     from flows.signals import Interrupted, stop_on_signals
     from nas_core.search.summary import SearchSummary
@@ -491,6 +509,12 @@ def export(
     search: Annotated[str, typer.Argument(help="A finished search: its output folder or its search id.")],
     output: Annotated[Path, typer.Option("--output", help="Folder for the bundle; must be new or empty.")],
     project_dir: Annotated[Path, typer.Option(help="Project whose MLflow store knows the search id (default: .).")] = Path("."),
+    quantize: Annotated[
+        Literal["none", "int8"], typer.Option(help="Also an int8 model (static quantization, calibrated on the train split).")
+    ] = "none",
+    max_accuracy_drop: Annotated[
+        float, typer.Option(help="The most test accuracy the int8 model may lose; else it is dropped.", min=0, max=1)
+    ] = 0.005,
 ) -> int:
     """Write a finished search's handoff bundle (model.onnx, model card, predict.py); the search is only read."""
     from nas_core.search.checkpoint import ResumeError
@@ -499,9 +523,14 @@ def export(
 
     if Path(search).is_dir() and not (Path(search) / "search.json").is_file():
         raise UsageProblem(f"'{search}' holds no search (no search.json); pass a finished search's output folder or its id")
+    int8 = None
+    if quantize == "int8":
+        from nas_pipeline.quantization import stored_quantizer
+
+        int8 = stored_quantizer(max_accuracy_drop)
     try:
         folder = find_search_output(search, project_dir)
-        bundle = export_search(folder, output)
+        bundle = export_search(folder, output, int8)
     except (ResumeError, HandoffError) as exc:
         raise UsageProblem(str(exc)) from None
     print(f"handoff bundle of {folder}: {bundle}")
@@ -555,6 +584,73 @@ def report(
         console.print(f"warning: the report has no learning curves: cannot read MLflow at {escape(uri)} ({escape(reason)})")
     path = write_report(folder, output, histories)
     print(f"report of {folder}: {path.resolve()}")
+    return EXIT_OK
+
+
+ProjectOption = Annotated[Path, typer.Option(help="Project folder (default: .).")]
+
+
+@app.command()
+def up(
+    project_dir: ProjectOption = Path("."),
+    prefect_port: Annotated[int, typer.Option(help="Port of the Prefect server (and its UI).", min=1, max=65535)] = 4200,
+    mlflow_port: Annotated[int, typer.Option(help="Port of the MLflow tracking server (and its UI).", min=1, max=65535)] = 5000,
+    backend_store: Annotated[
+        str | None, typer.Option(help="MLflow's backend store, e.g. postgresql://user@host/db (default: project's mlflow.db).")
+    ] = None,
+) -> int:
+    """Start a Prefect server and an MLflow tracking server for the project, in the background, on 127.0.0.1."""
+    from flows.stack import StackError
+    from flows.stack import up as start_stack
+
+    if not project_dir.is_dir():
+        raise UsageProblem(f"project folder '{project_dir}' does not exist; pass --project-dir")
+    if prefect_port == mlflow_port:
+        raise UsageProblem(f"--prefect-port and --mlflow-port are both {prefect_port}; give them different ports")
+    console.print("starting the Prefect and MLflow servers (up to a few minutes on a busy machine) ...")
+    try:
+        services = start_stack(project_dir, prefect_port, mlflow_port, backend_store)
+    except StackError as exc:
+        console.print(f"error: {escape(str(exc))}")
+        return EXIT_FAILED
+    for service in services:
+        print(f"{service.name}: {service.url} (log {service.log})")
+    print("nas search in this project now uses them; stop them with: nas down")
+    return EXIT_OK
+
+
+@app.command()
+def status(project_dir: ProjectOption = Path(".")) -> int:
+    """Show the servers `nas up` started for the project, and whether they answer (exit 1 when one does not)."""
+    from flows.stack import StackError, read_stack
+
+    try:
+        services = read_stack(project_dir)
+    except StackError as exc:
+        raise UsageProblem(str(exc)) from None
+    if not services:
+        print("no servers: start them with nas up (nas search uses the embedded stores meanwhile)")
+        return EXIT_FAILED
+    answering = [service.answers() for service in services]
+    for service, ok in zip(services, answering, strict=True):
+        print(f"{service.name}: {service.url} {'answers' if ok else 'does not answer'} (pid {service.pid}, log {service.log})")
+    return EXIT_OK if all(answering) else EXIT_FAILED
+
+
+@app.command()
+def down(project_dir: ProjectOption = Path(".")) -> int:
+    """Stop the servers `nas up` started for the project (and only those)."""
+    from flows.stack import StackError
+    from flows.stack import down as stop_stack
+
+    try:
+        stopped = stop_stack(project_dir)
+    except StackError as exc:
+        raise UsageProblem(str(exc)) from None
+    for service, was_running in stopped:
+        print(f"{service.name}: {'stopped' if was_running else 'was not running'}")
+    if not stopped:
+        print("no servers were started here with nas up")
     return EXIT_OK
 
 

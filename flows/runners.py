@@ -44,6 +44,6 @@ def placement(config: SearchConfig) -> Iterator[None]:
         return
     import dask
 
-    resources: dict[str, Any] = {GPU_RESOURCE: 1 / config.candidates_per_gpu}
+    resources: dict[str, Any] = {GPU_RESOURCE: 1 / config.max_candidates_per_gpu}  # Dask's resources are fixed
     with dask.annotate(resources=resources):
         yield

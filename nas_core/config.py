@@ -33,6 +33,10 @@ MAX_EPOCHS = 10_000
 MAX_WORKERS = 1024
 MAX_SECONDS = 30 * 24 * 3600  # candidate_timeout: 30 days
 MAX_COST = 10**15  # max_params, max_flops
+COST_LIMITS = {"latency_ms": "max_latency_ms", "params": "max_params", "flops": "max_flops"}  # objective -> its limit
+OBJECTIVES = ("val_accuracy", *COST_LIMITS)
+MAX_PER_GPU = 64  # candidates_per_gpu
+AUTO_MAX_PER_GPU = 8  # candidates_per_gpu auto: at most this many candidates share a GPU
 
 
 def default_workers() -> int:
@@ -110,7 +114,11 @@ class SearchConfig(BaseModel):
         None, description="scheduler address of an existing Dask cluster (runner dask; when not set: a local cluster)"
     )
     device: str = Field("auto", description="'auto' (GPUs when visible), 'cpu', 'cuda' or visible GPU indices like '0,1'")
-    candidates_per_gpu: int = Field(1, ge=1, le=64, description="candidates sharing one GPU at once")
+    candidates_per_gpu: int | Literal["auto"] = Field(
+        1,
+        description="candidates sharing one GPU at once (1 to 64), or auto: 1, doubled after each generation (up to 8) "
+        "while the GPUs' measured utilisation keeps rising",
+    )
     seed: int = Field(
         0, ge=0, le=2**32 - 1, description="seed for proposals and training (same settings and seed: same proposals)"
     )
@@ -148,6 +156,22 @@ class SearchConfig(BaseModel):
     max_flops: int | None = Field(
         None, ge=1, le=MAX_COST, description="only propose architectures with at most this many FLOPs (every strategy honours it)"
     )
+    max_latency_ms: float | None = Field(
+        None,
+        gt=0,
+        le=MAX_SECONDS * 1000,
+        description="only propose architectures whose predicted onnxruntime latency (this machine, latency_threads, "
+        "latency_batch) is at most this many milliseconds (every strategy honours it; image and sequence spaces)",
+    )
+    objectives: str = Field(
+        "val_accuracy",
+        description="val_accuracy, or val_accuracy and one cost to minimise (latency_ms, params or flops), comma-separated: "
+        "nsga2 trades the two off; the other strategies keep to the cost's limit (max_latency_ms, max_params, max_flops)",
+    )
+    latency_batch: int = Field(1, ge=1, le=65536, description="batch size latencies are predicted, logged and limited at")
+    latency_threads: int = Field(
+        1, ge=1, le=MAX_WORKERS, description="onnxruntime intra-op threads latencies are timed with (pinned, one inter-op)"
+    )
     hparams: dict[str, list[Any]] | None = Field(
         None, description="training hyperparameters searched with the architecture: a YAML mapping such as {lr: [0.001, 0.01]}"
     )
@@ -177,6 +201,12 @@ class SearchConfig(BaseModel):
     proxy_keep: float = Field(
         1.0, gt=0, le=1, description="share of proposals trained: the best by the proxy (1: train all, log the score)"
     )
+    prior: Literal["none", "synflow", "naswot"] = Field(
+        "none",
+        description="none, or a zero-cost proxy (synflow or naswot) scored on every architecture of a listable space "
+        "(nb201) before the search, cached in project_dir/proxies/; the strategy starts from the best-scored ones "
+        "(bo also models the scores)",
+    )
     early_stop: Literal["none", "median"] = Field(
         "none",
         description="learning-curve early stopping: none, or 'median': stop a candidate whose best validation accuracy after "
@@ -190,6 +220,14 @@ class SearchConfig(BaseModel):
     )
     final_splits: Literal["train+val", "train"] = Field(
         "train+val", description="what the final training trains on: train+val or train"
+    )
+    quantize: Literal["none", "int8"] = Field(
+        "none",
+        description="none, or int8: also hand over an int8 model (static post-training quantization with onnxruntime, "
+        "calibrated on the train split), kept only within max_accuracy_drop of the float model's test accuracy",
+    )
+    max_accuracy_drop: float = Field(
+        0.005, ge=0, le=1, description="quantize: the most test accuracy the int8 model may lose (0.005: half a point)"
     )
     warm_start: str = Field(
         "none",
@@ -223,6 +261,15 @@ class SearchConfig(BaseModel):
                 raise ValueError(f"must be a finite number, got {value!r}")
         return value
 
+    @field_validator("candidates_per_gpu", mode="before")
+    @classmethod
+    def _per_gpu(cls, value: Any) -> Any:
+        if value == "auto":
+            return value
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_PER_GPU:
+            raise ValueError(f"must be a whole number from 1 to {MAX_PER_GPU}, or auto; got {value!r}")
+        return value
+
     @field_validator("time_budget", mode="before")
     @classmethod
     def _duration(cls, value: Any) -> Any:
@@ -235,6 +282,41 @@ class SearchConfig(BaseModel):
     @classmethod
     def _warm_start_mode(cls, value: str) -> str:
         return ",".join(warm_start_searches(value) or ()) or value.strip()
+
+    @field_validator("objectives")
+    @classmethod
+    def _known_objectives(cls, value: str) -> str:
+        names = [v.strip() for v in value.split(",")]
+        unknown = [n for n in names if n not in OBJECTIVES]
+        if unknown:
+            raise ValueError(f"unknown objective '{unknown[0]}'; choose from: {', '.join(OBJECTIVES)}")
+        if names[0] != "val_accuracy" or len(names) > 2 or len(set(names)) != len(names):
+            raise ValueError(f"must be val_accuracy, optionally followed by one of {', '.join(COST_LIMITS)}; got {value!r}")
+        return ",".join(names)
+
+    @property
+    def cost_objective(self) -> str | None:
+        """The cost ``objectives`` minimises beside validation accuracy (None: accuracy only)."""
+        names = self.objectives.split(",")
+        return names[1] if len(names) > 1 else None
+
+    @model_validator(mode="after")
+    def _cost_objective_needs_a_way(self) -> SearchConfig:
+        from nas_core.latency import LATENCY_SPACES
+
+        cost = self.cost_objective
+        limit = COST_LIMITS.get(cost or "")
+        wants_latency = self.max_latency_ms is not None or cost == "latency_ms"
+        if wants_latency and self.space not in LATENCY_SPACES:
+            raise ValueError(f"latency is predicted for the {' and '.join(LATENCY_SPACES)} spaces, not '{self.space}'")
+        if wants_latency and self.table_path is not None:
+            raise ValueError("the table evaluator trains nothing to time: drop --max-latency-ms and latency_ms")
+        if cost and self.strategy != "nsga2" and getattr(self, limit) is None:
+            raise ValueError(
+                f"objective {cost} with strategy {self.strategy} needs its limit --{limit.replace('_', '-')} "
+                "(only nsga2 trades accuracy off against a cost)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _seeds_need_searches(self) -> SearchConfig:
@@ -289,6 +371,11 @@ class SearchConfig(BaseModel):
         return _known("space", value, SPACES)
 
     @property
+    def max_candidates_per_gpu(self) -> int:
+        """The most candidates a GPU holds at once (``auto``: up to 8)."""
+        return AUTO_MAX_PER_GPU if self.candidates_per_gpu == "auto" else self.candidates_per_gpu
+
+    @property
     def top_epochs(self) -> int:
         """The longest training a candidate gets (``max_epochs`` in a multi-fidelity search, else ``epochs``)."""
         return (self.max_epochs or self.epochs) if self.fidelity == "epochs" else self.epochs
@@ -305,11 +392,12 @@ class SearchConfig(BaseModel):
 SETTING_GROUPS: dict[str, tuple[str, ...]] = {
     "Data": ("dataset", "data_root", "download"),
     "Search": ("strategy", "space", "budget", "time_budget", "population", "seed", "init_genome", "min_nodes",
-               "max_nodes", "max_params", "max_flops"),
+               "max_nodes", "max_params", "max_flops", "max_latency_ms", "objectives", "latency_batch", "latency_threads"),
     "Training": ("epochs", "batch_size", "optimizer", "lr", "weight_decay", "hparams", "augment", "precision"),
-    "Fast evaluation": ("fidelity", "min_epochs", "max_epochs", "eta", "schedule", "proxy", "proxy_keep", "early_stop"),
+    "Fast evaluation": ("fidelity", "min_epochs", "max_epochs", "eta", "schedule", "proxy", "proxy_keep", "prior",
+                        "early_stop"),
     "Tabular benchmark": ("evaluator", "select_metric", "report_metric"),
-    "Final model": ("final_epochs", "final_splits"),
+    "Final model": ("final_epochs", "final_splits", "quantize", "max_accuracy_drop"),
     "Memory": ("warm_start", "seed_genomes"),
     "Execution": ("workers", "runner", "dask_address", "device", "candidates_per_gpu", "candidate_timeout",
                   "tracking_timeout"),
@@ -357,7 +445,8 @@ def settings_table_markdown() -> str:
 
 
 def with_default_workers(config: SearchConfig) -> SearchConfig:
-    """On GPUs, unless ``workers`` was set: one candidate per GPU slot (GPUs x ``candidates_per_gpu``).
+    """On GPUs, unless ``workers`` was set: one candidate per GPU slot (GPUs x ``candidates_per_gpu``; with ``auto``
+    its maximum, the slots in use are limited per generation).
 
     A ``device`` that names no usable GPU is a ConfigError.
     """
@@ -369,7 +458,7 @@ def with_default_workers(config: SearchConfig) -> SearchConfig:
     except DeviceError as exc:
         raise ConfigError(str(exc)) from None
     if "workers" not in config.model_fields_set and gpus and not remote:
-        return config.model_copy(update={"workers": len(visible_devices(config.device)) * config.candidates_per_gpu})
+        return config.model_copy(update={"workers": len(visible_devices(config.device)) * config.max_candidates_per_gpu})
     return config
 
 
@@ -411,6 +500,13 @@ def _table_space(space: str) -> bool:
     return hasattr(SPACES[space](), "arch_string")
 
 
+def _listable_space(space: str) -> bool:
+    """Whether ``space`` lists its architectures (``enumerate`` gives them, not None)."""
+    from nas_core.spaces import SPACES
+
+    return bool(getattr(SPACES[space](), "enumerate", lambda: None)())
+
+
 def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> SearchConfig:
     """Defaults, then the YAML file at ``path``, then ``overrides`` (flags; None values are ignored)."""
     values: dict[str, Any] = {}
@@ -446,6 +542,8 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
     looked_up = config.fidelity != "none" or config.proxy != "none" or config.final_epochs or config.early_stop != "none"
     if config.table_path is not None and looked_up:
         raise ConfigError("the table evaluator looks results up: drop --fidelity, --proxy, --early-stop and --final-epochs")
+    if config.prior != "none" and not _listable_space(config.space):
+        raise ConfigError(f"prior needs a space that can be listed (nb201), not '{config.space}'; drop --prior")
     if config.proxy == "none" and config.proxy_keep < 1:
         raise ConfigError("proxy_keep needs a proxy to rank proposals by (add --proxy naswot or --proxy synflow)")
     return config

@@ -4,18 +4,21 @@ Ops build 2D modules for image feature maps (N, C, H, W); ops registered with ``
 ``sepconv``, ``maxpool``, ``avgpool``, ``identity``) also build Conv1d/MaxPool1d/AvgPool1d/BatchNorm1d modules
 for sequences (N, C, L) under the same name and settings, so one genome format serves both. ``input`` and
 ``output`` are registered too, as graph markers without a module.
+
+Checking an op's name and settings does not import torch: the factories import it when they build a module.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
-
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from nas_core.registry import Registry
+
+if TYPE_CHECKING:
+    from torch import nn
 
 INPUT_OP = "input"
 OUTPUT_OP = "output"
@@ -112,14 +115,34 @@ def list_ops() -> list[str]:
     return OPS.names()
 
 
+class _TorchLayers(Mapping[int, type]):
+    """Number of spatial dimensions -> a ``torch.nn`` class, looked up by name when used (torch imported then)."""
+
+    def __init__(self, names: dict[int, str]) -> None:
+        self._names = names
+
+    def __getitem__(self, dims: int) -> type[nn.Module]:
+        from torch import nn
+
+        return getattr(nn, self._names[dims])
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
 # modules by number of spatial dimensions
-CONV: dict[int, type[nn.Module]] = {1: nn.Conv1d, 2: nn.Conv2d}
-BATCH_NORM: dict[int, type[nn.Module]] = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d}
-MAX_POOL: dict[int, type[nn.Module]] = {1: nn.MaxPool1d, 2: nn.MaxPool2d}
-AVG_POOL: dict[int, type[nn.Module]] = {1: nn.AvgPool1d, 2: nn.AvgPool2d}
+CONV: Mapping[int, type[nn.Module]] = _TorchLayers({1: "Conv1d", 2: "Conv2d"})
+BATCH_NORM: Mapping[int, type[nn.Module]] = _TorchLayers({1: "BatchNorm1d", 2: "BatchNorm2d"})
+MAX_POOL: Mapping[int, type[nn.Module]] = _TorchLayers({1: "MaxPool1d", 2: "MaxPool2d"})
+AVG_POOL: Mapping[int, type[nn.Module]] = _TorchLayers({1: "AvgPool1d", 2: "AvgPool2d"})
 
 
 def _conv_bn_relu(in_ch: int, out_ch: int, kernel: int, stride: int, groups: int = 1, dims: int = 2) -> list[nn.Module]:
+    from torch import nn
+
     return [
         CONV[dims](in_ch, out_ch, kernel, stride=stride, padding=kernel // 2, groups=groups, bias=False),
         BATCH_NORM[dims](out_ch),
@@ -130,12 +153,16 @@ def _conv_bn_relu(in_ch: int, out_ch: int, kernel: int, stride: int, groups: int
 @register_op("conv", sequence=True, kernel=(1, 3, 5, 7), channels=None, stride=(1, 2))
 def conv(in_ch: int, s: dict[str, Any], dims: int = 2) -> nn.Module:
     """Convolution, batch norm, ReLU."""
+    from torch import nn
+
     return nn.Sequential(*_conv_bn_relu(in_ch, s["channels"], s["kernel"], s["stride"], dims=dims))
 
 
 @register_op("sepconv", sequence=True, kernel=(3, 5, 7), channels=None, stride=(1, 2))
 def sepconv(in_ch: int, s: dict[str, Any], dims: int = 2) -> nn.Module:
     """Depthwise-separable convolution: depthwise k x k (or k), then pointwise 1 x 1 (or 1)."""
+    from torch import nn
+
     k = s["kernel"]
     depthwise = CONV[dims](in_ch, in_ch, k, stride=s["stride"], padding=k // 2, groups=in_ch, bias=False)
     return nn.Sequential(depthwise, *_conv_bn_relu(in_ch, s["channels"], 1, 1, dims=dims))
@@ -156,18 +183,35 @@ def avgpool(in_ch: int, s: dict[str, Any], dims: int = 2) -> nn.Module:
 @register_op("identity", sequence=True)
 def identity(in_ch: int, s: dict[str, Any], dims: int = 2) -> nn.Module:
     """Skip connection: passes its (merged) input through."""
+    from torch import nn
+
     return nn.Identity()
 
 
 # NAS-Bench-201 edge ops (Dong & Yang, 2020): channel-preserving, stride 1, ReLU-Conv-BN order.
-class Zero(nn.Module):
-    """The ``none`` op: its output is zero, so the edge carries nothing."""
+@functools.cache
+def _zero_class() -> type[nn.Module]:
+    from torch import nn
 
-    def forward(self, x):
-        return x * 0.0
+    class Zero(nn.Module):
+        """The ``none`` op: its output is zero, so the edge carries nothing."""
+
+        def forward(self, x):
+            return x * 0.0
+
+    Zero.__qualname__ = "Zero"  # pickled as nas_core.ops.Zero, found again through __getattr__
+    return Zero
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Zero":  # defined on first use: it subclasses a torch class
+        return _zero_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _relu_conv_bn(channels: int, kernel: int) -> nn.Module:
+    from torch import nn
+
     return nn.Sequential(
         nn.ReLU(inplace=False),
         nn.Conv2d(channels, channels, kernel, padding=kernel // 2, bias=False),
@@ -190,16 +234,20 @@ def nor_conv_3x3(in_ch: int, s: dict[str, Any]) -> nn.Module:
 @register_op("avg_pool_3x3")
 def avg_pool_3x3(in_ch: int, s: dict[str, Any]) -> nn.Module:
     """NAS-Bench-201's 3x3 average pooling, stride 1."""
+    from torch import nn
+
     return nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False)
 
 
 @register_op("skip_connect")
 def skip_connect(in_ch: int, s: dict[str, Any]) -> nn.Module:
     """NAS-Bench-201's identity edge."""
+    from torch import nn
+
     return nn.Identity()
 
 
 @register_op("none")
 def none(in_ch: int, s: dict[str, Any]) -> nn.Module:
     """NAS-Bench-201's zero edge."""
-    return Zero()
+    return _zero_class()()

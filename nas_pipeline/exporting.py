@@ -4,6 +4,7 @@ search's run, registered in the MLflow model registry, and handed over as a bund
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 
@@ -12,6 +13,7 @@ from nas_core.search.ports import ExportOutcome, ExportRequest, Tracker
 from nas_pipeline.handoff import PREPROCESSING_KEY, preprocessing_metadata, write_search_bundle
 from nas_pipeline.model_registry import register_search_best
 from nas_pipeline.onnx_export import PARITY_SAMPLES, export_onnx
+from nas_pipeline.quantization import INT8_FILE, QuantizationReport, quantize_int8
 
 MODEL_FILE = "model.onnx"
 PARITY_SPLITS = ("test", "val", "train")  # the test split first; a small one is topped up from the others
@@ -52,6 +54,19 @@ class OnnxExporter:
         tracker.log_artifact(run_id, report.path, "model")
         tracker.log_metrics(run_id, {"onnx_max_abs_diff": report.max_abs_diff})
         tracker.set_tags(run_id, {"best_run_id": best.mlflow_run_id, "best_hash": best.hash})
+        int8 = self._quantize(request, report.path, tracker) if request.quantize == "int8" else None
         registration = register_search_best(request, report.path, tracker.tracking_uri)
-        handoff = write_search_bundle(request, report, registration, tracker.tracking_uri)
-        return ExportOutcome(report.path, report.max_abs_diff, report.samples, registration.to_dict(), handoff)
+        handoff = write_search_bundle(request, report, registration, tracker.tracking_uri, int8)
+        quantization = int8.to_dict() if int8 else None
+        return ExportOutcome(report.path, report.max_abs_diff, report.samples, registration.to_dict(), handoff, quantization)
+
+    @staticmethod
+    def _quantize(request: ExportRequest, model: Path, tracker: Tracker) -> QuantizationReport:
+        """The int8 model beside ``model`` (kept or not), logged to the search's run."""
+        int8 = quantize_int8(model, request.output / INT8_FILE, request.data, request.max_accuracy_drop)
+        run_id = request.search_run_id
+        tracker.log_metrics(run_id, {"int8_test_accuracy": int8.test_accuracy_int8, "int8_accuracy_drop": int8.accuracy_drop})
+        tracker.set_tags(run_id, {"int8": int8.reason})
+        if int8.kept:
+            tracker.log_artifact(run_id, request.output / INT8_FILE, "model")
+        return int8

@@ -11,14 +11,13 @@ finished search's stored outputs without changing them.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
-import platform
 import shutil
-import statistics
 import tempfile
-import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,12 +28,15 @@ import numpy as np
 from nas_core.provenance import TAG_PREFIX, Provenance
 from nas_core.provenance import code_version as provenance_code_version
 from nas_core.search.summary import SUMMARY_FILE, SearchSummary, SummaryError
+from nas_pipeline.latency import machine_of, median_ms, open_session
 
 if TYPE_CHECKING:
     from nas_core.search.ports import ExportRequest
     from nas_pipeline.model_registry import Registration
     from nas_pipeline.onnx_export import ExportReport
+    from nas_pipeline.quantization import QuantizationReport
 
+Quantizer = Callable[[Path, "CardInputs", Path], "QuantizationReport"]  # (model.onnx, card inputs, scratch) -> report
 CARD_FORMAT = 1
 MODEL_FILE, CARD_JSON, CARD_MD, PREDICT_FILE = "model.onnx", "model_card.json", "model_card.md", "predict.py"
 REQUIREMENTS_FILE, EXAMPLE_FILE = "requirements.txt", "example_input.npy"
@@ -43,6 +45,7 @@ PREDICT_TEMPLATE = Path(__file__).with_name("predict_template.py")
 PREPROCESSING_KEY = "nas.preprocessing"  # ONNX metadata: {"mean": [...], "std": [...], "input_range": [lo, hi], "resize": ...}
 LATENCY_BATCH_SIZES = (1, 8, 64)
 LATENCY_RUNS = 5
+LATENCY_THREADS = 1  # pinned, as the search's latency predictor times with: the card's figures compare with it
 EXAMPLE_SIZE = 8
 METRIC_KEYS = ("val_accuracy", "val_f1", "test_accuracy", "test_f1")
 SELECTION = "validation accuracy, then validation macro-F1, then fewer parameters; test metrics are only reported"
@@ -83,34 +86,30 @@ class CardInputs:
     mlflow: dict[str, str] = field(default_factory=dict)
     registry: dict[str, Any] | None = None
     provenance: dict[str, str] = field(default_factory=dict)  # Provenance.tags(): the same keys as the ONNX metadata
+    quantization: dict[str, Any] | None = None  # the int8 report (QuantizationReport.to_dict), when asked for
 
 
 # ---- measurements -------------------------------------------------------------------------------------------------
 def measure_latency(
-    model_path: Path, batch_sizes: tuple[int, ...] = LATENCY_BATCH_SIZES, runs: int = LATENCY_RUNS
+    model_path: Path,
+    batch_sizes: tuple[int, ...] = LATENCY_BATCH_SIZES,
+    runs: int = LATENCY_RUNS,
+    threads: int = LATENCY_THREADS,
 ) -> dict[str, Any]:
-    """Median onnxruntime (CPU) milliseconds per call for each batch size, after one warm-up call."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
-    spec = session.get_inputs()[0]
-    rng = np.random.default_rng(0)
+    """Median onnxruntime (CPU) milliseconds per call for each batch size, after one warm-up call, on ``threads``
+    pinned intra-op threads; the machine (CPU, cores, runtime, provider, threads) is named with the figures."""
+    session = open_session(Path(model_path), threads)
     per_batch = []
     for size in batch_sizes:
-        x = rng.random((size, *spec.shape[1:]), dtype=np.float32)
-        session.run(None, {spec.name: x})
-        times = []
-        for _ in range(runs):
-            start = time.perf_counter()
-            session.run(None, {spec.name: x})
-            times.append((time.perf_counter() - start) * 1000)
-        median = statistics.median(times)
+        median = median_ms(session, size, runs)
         per_batch.append({"batch_size": size, "median_ms": round(median, 4), "per_input_ms": round(median / size, 4)})
+    machine = machine_of(threads)
     return {
-        "runtime": f"onnxruntime {ort.__version__}",
-        "provider": "CPUExecutionProvider",
-        "threads": "onnxruntime default (one per core)",
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()}",
+        "runtime": machine.runtime,
+        "provider": machine.provider,
+        "threads": threads,
+        "machine": machine.describe(),
+        "machine_key": machine.key(),
         "runs": runs,
         "per_batch": per_batch,
     }
@@ -222,6 +221,7 @@ def build_model_card(
             "flops_note": "for one input, counted by torch.utils.flop_counter",
         },
         "latency": latency,
+        "quantization": inputs.quantization,
         "example": example,
         "provenance": {
             "search_id": inputs.search_id,
@@ -279,6 +279,27 @@ def _fmt(value: Any, digits: int = 4) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
+def _quantization_lines(report: dict[str, Any] | None) -> list[str]:
+    """The card's int8 section: kept or why not, accuracy and latency before and after (nothing when not asked for)."""
+    if report is None:
+        return []
+    latency = [
+        f"| {batch} | {t['fp32']:.3f} | {t['int8']:.3f} | {t['speedup']:.2f}x |" for batch, t in report["latency_ms"].items()
+    ]
+    use = f"`python predict.py images.npy --model {report['file']}`" if report["file"] else "not in this bundle"
+    return [
+        "## int8 model",
+        "",
+        f"- {report['reason']}; {report['method']}; calibrated on {report['calibration']}",
+        f"- test accuracy: float {report['test_accuracy_fp32']:.4f}, int8 {report['test_accuracy_int8']:.4f}; use it: {use}",
+        "",
+        "| batch size | float ms | int8 ms | speed-up |",
+        "| --- | --- | --- | --- |",
+        *latency,
+        "",
+    ]
+
+
 def render_markdown(card: dict[str, Any]) -> str:
     """``model_card.md``: the card for people, with commands to paste."""
     pre, inp, out, m = card["preprocessing"], card["input"], card["output"], card["metrics"]
@@ -331,12 +352,13 @@ def render_markdown(card: dict[str, Any]) -> str:
         "",
         *_genome_lines(arch["genome"]),
         "",
-        f"## Latency ({lat['runtime']}, {lat['provider']}, {lat['machine']}; median of {lat['runs']} runs)",
+        f"## Latency on {lat['machine']} (median of {lat['runs']} runs after a warm-up)",
         "",
         "| batch size | ms per call | ms per input |",
         "| --- | --- | --- |",
         *[f"| {r['batch_size']} | {r['median_ms']:.3f} | {r['per_input_ms']:.4f} |" for r in lat["per_batch"]],
         "",
+        *_quantization_lines(card.get("quantization")),
         "## Use it",
         "",
         "Needs Python 3 with numpy and onnxruntime only (`pip install -r requirements.txt`), nothing else of the project:",
@@ -389,8 +411,10 @@ def write_bundle(
     example: np.ndarray | None = None,
     example_labels: list[str] | None = None,
     replace: bool = False,
+    int8_model: Path | None = None,
 ) -> Path:
-    """Write the bundle to ``dest`` (new or empty, or replaced when ``replace``); all or nothing."""
+    """Write the bundle to ``dest`` (new or empty, or replaced when ``replace``); all or nothing. ``int8_model`` goes
+    beside ``model.onnx`` under its own name; ``predict.py --model`` takes either."""
     dest = Path(dest).resolve()
     if not replace:
         _check_destination(dest)
@@ -402,6 +426,8 @@ def write_bundle(
     try:
         model = tmp / MODEL_FILE
         shutil.copyfile(onnx_path, model)
+        if int8_model is not None:
+            shutil.copyfile(int8_model, tmp / int8_model.name)
         shutil.copyfile(PREDICT_TEMPLATE, tmp / PREDICT_FILE)
         os.chmod(tmp / PREDICT_FILE, 0o755)
         import onnxruntime as ort
@@ -433,9 +459,13 @@ def write_bundle(
 
 
 def write_search_bundle(
-    request: ExportRequest, report: ExportReport, registration: Registration | None, tracking_uri: str
+    request: ExportRequest,
+    report: ExportReport,
+    registration: Registration | None,
+    tracking_uri: str,
+    int8: QuantizationReport | None = None,
 ) -> Path:
-    """The bundle of a search that just exported its best model, in ``<output>/handoff/``."""
+    """The bundle of a search that just exported its best model (and its int8 model, when kept), in ``<output>/handoff/``."""
     best, data, provenance = request.best, request.data, request.provenance
     inputs = CardInputs(
         provenance=provenance.tags(),
@@ -457,11 +487,16 @@ def write_search_bundle(
             **({"final_run_id": provenance.final_run_id} if provenance.final_run_id else {}),
         },
         registry=registration.to_dict() if registration else None,
+        quantization=int8.to_dict() if int8 else None,
     )
     labels = [data.classes[int(k)] for k in data.y["test"][:EXAMPLE_SIZE]]
     for leftover in request.output.glob(f".{HANDOFF_DIR}.*"):  # half-written bundles of a killed export
         shutil.rmtree(leftover, ignore_errors=True)
-    return write_bundle(report.path, inputs, request.output / HANDOFF_DIR, data.x["test"][:EXAMPLE_SIZE], labels, replace=True)
+    int8_model = request.output / int8.file if int8 and int8.file else None
+    return write_bundle(
+        report.path, inputs, request.output / HANDOFF_DIR, data.x["test"][:EXAMPLE_SIZE], labels, replace=True,
+        int8_model=int8_model,
+    )  # fmt: skip
 
 
 # ---- from a finished search's stored outputs ----------------------------------------------------------------------
@@ -600,10 +635,21 @@ def _no_model_reason(summary: SearchSummary, model: Path) -> str:
     return "the search exported no model"
 
 
-def export_search(folder: Path, dest: Path) -> Path:
-    """Write the bundle of the finished search in ``folder`` to ``dest`` (new or empty); ``folder`` is only read."""
+def export_search(folder: Path, dest: Path, int8: Quantizer | None = None) -> Path:
+    """Write the bundle of the finished search in ``folder`` to ``dest`` (new or empty); ``folder`` is only read.
+
+    ``int8(model, inputs, scratch)`` quantizes the model into the ``scratch`` folder (see
+    :func:`nas_pipeline.quantization.stored_quantizer`); its report goes into the card, its model into the bundle
+    when kept.
+    """
     dest = Path(dest).resolve()
     _check_destination(dest)  # before any work
     inputs, model = card_inputs_from_output(folder)
     example, labels = _stored_example(Path(folder))
-    return write_bundle(model, inputs, dest, example, labels)
+    with tempfile.TemporaryDirectory() as scratch:
+        int8_model = None
+        if int8 is not None:
+            report = int8(model, inputs, Path(scratch))
+            inputs = dataclasses.replace(inputs, quantization=report.to_dict())
+            int8_model = Path(scratch) / report.file if report.file else None
+        return write_bundle(model, inputs, dest, example, labels, int8_model=int8_model)

@@ -32,7 +32,12 @@ DEFAULT_DB_NAME = "mlflow.db"
 ARTIFACTS_DIR_NAME = "mlartifacts"
 DEFAULT_PATIENCE = 300.0  # seconds; SearchConfig.tracking_timeout sets it for a search
 # One HTTP request to a tracking server: no retries of MLflow's own (ours are bounded in time), a short timeout.
-HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+# And no "View run ... at" lines on stdout per closed run: the progress output says where the runs are.
+HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+}
 REACHABLE_TIMEOUT_S = 5.0
 
 
@@ -304,6 +309,13 @@ class MlflowTracker:
         batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
         self._retry(lambda: self.client.log_batch(run_id, metrics=batch))
 
+    def log_metric_history(self, run_id: str, steps: Sequence[tuple[int, Mapping[str, float]]]) -> None:
+        """Metrics of several steps in batches of 1,000 (MLflow's limit per call): a candidate's epochs in one call."""
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for step, metrics in steps for k, v in metrics.items()]
+        for i in range(0, len(batch), 1000):
+            self._retry(lambda chunk=batch[i : i + 1000]: self.client.log_batch(run_id, metrics=chunk))
+
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
         self._retry(lambda: self.client.log_batch(run_id, tags=_tags({f"{TAG_PREFIX}{k}": v for k, v in tags.items()})))
 
@@ -372,12 +384,18 @@ class MlflowTracker:
 
         return MlflowMemory(self)
 
-    def log_evaluation_plots(self, run_id: str, genome: Any, history: list[dict[str, float]], title: str, dims: int) -> None:
-        """The architecture diagram and the learning curves as PNGs under the run's ``plots/``; a plotting error is
-        tagged, never blamed on the candidate."""
+    def log_evaluation_plots(self, run_id: str, genome: Any, title: str, dims: int) -> None:
+        """The architecture diagram and the learning curves (read back from the run's per-epoch metrics) as PNGs under
+        the run's ``plots/``; a plotting error is tagged, never blamed on the candidate."""
+        from nas_core.evaluation.worker import EPOCH_METRICS
         from nas_pipeline.plots import architecture_png, learning_curves_png
 
         try:
+            steps: dict[int, dict[str, float]] = {}
+            for key in EPOCH_METRICS:
+                for metric in self._retry(lambda key=key: self.client.get_metric_history(run_id, key)):
+                    steps.setdefault(metric.step, {"epoch": float(metric.step)})[key] = metric.value
+            history = [steps[step] for step in sorted(steps)]
             with tempfile.TemporaryDirectory() as folder:
                 paths = [architecture_png(genome, Path(folder) / "architecture.png", title, dims=dims)]
                 if history:

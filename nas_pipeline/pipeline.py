@@ -11,6 +11,7 @@ from nas_core.search.loop import Search
 from nas_core.search.ports import Observer
 from nas_pipeline.dvc_versioning import DvcDataStore
 from nas_pipeline.exporting import OnnxExporter
+from nas_pipeline.latency import OnnxTimer
 from nas_pipeline.mlflow_tracking import ARTIFACTS_DIR_NAME, MlflowTracker, outer_mlflow_run, resolve_tracking_uri
 from nas_pipeline.report import HtmlReporter
 
@@ -37,6 +38,7 @@ def build_search(
         exporter=OnnxExporter(),
         reporter=HtmlReporter(),
         observer=observer,
+        latency_timer=OnnxTimer(config.latency_threads),
     )
 
 

@@ -2,12 +2,12 @@
 
 An :class:`~nas_core.search.records.EvaluationRequest` is plain, picklable data. :func:`evaluate` opens the
 evaluation's nested run through the request's tracker, leases a device, loads the (cached, version-checked) data
-from the request's data store, trains or looks the genome up in a table, logs the per-epoch metrics and returns an
-:class:`~nas_core.search.records.EvaluationResult`. It never raises for a bad candidate (divergence, out of memory,
-timeout, a broken genome): those come back as ``failed`` with the reason. It raises only for infrastructure errors
-(tracking store unreachable, data not matching its version), which the orchestrator may retry. The run is left open:
-the search closes it once the result is checkpointed, so a crash in between leaves a RUNNING run that a resume
-marks as killed.
+from the request's data store, trains or looks the genome up in a table, logs the per-epoch metrics (in one call, once
+training ends: a running candidate shows no curve yet) and returns an :class:`~nas_core.search.records.EvaluationResult`.
+It never raises for a bad candidate (divergence, out of memory, timeout, a broken genome): those come back as
+``failed`` with the reason. It raises only for infrastructure errors (tracking store unreachable, data not matching
+its version), which the orchestrator may retry. The run is left open: the search closes it once the result is
+checkpointed, so a crash in between leaves a RUNNING run that a resume marks as killed.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import os
 import socket
 import threading
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -116,20 +116,11 @@ def _train(request: EvaluationRequest, space: SearchSpace, tracker: Tracker, res
     devices = tuple(visible_devices(request.devices))
     leases = shared_leases(devices, None if devices == ("cpu",) else request.per_device)
     run_id, genome = result.run_id, request.planned.genome
-
-    def log_epoch(m: Any) -> None:
-        values = {k: getattr(m, k) for k in EPOCH_METRICS}
-        tracker.log_metrics(run_id, {k: v for k, v in values.items() if math.isfinite(v)}, step=m.epoch)
-
     start = TrainState.from_dict(torch.load(request.start_checkpoint, weights_only=True)) if request.start_checkpoint else None
-    for earlier in start.history if start else ():  # the promoted run shows the whole learning curve
-        log_epoch(earlier)
     with leases.lease() as device:
         tracker.set_tags(run_id, {"device": device})
         train = replace(request.train, device=device)
-        trained = train_genome(
-            genome, data, train, on_epoch=log_epoch, build=space.build, start=start, keep_state=request.keep_state
-        )
+        trained = train_genome(genome, data, train, build=space.build, start=start, keep_state=request.keep_state)
         result = replace(
             result,
             device=device,
@@ -143,10 +134,16 @@ def _train(request: EvaluationRequest, space: SearchSpace, tracker: Tracker, res
         )
         if trained.stopped_at:
             tracker.set_tags(run_id, {"early_stopped": trained.stopped_at})
-        history = [asdict(m) for m in trained.history]
+        history = trained.history  # a promoted run's earlier epochs too: its run shows the whole learning curve
         del trained  # the model goes before the lease frees the device's memory
-    tracker.log_evaluation_plots(run_id, genome, history, request.run_name, int(getattr(type(space), "input_ndim", 2)))
+    tracker.log_metric_history(run_id, [(m.epoch, _finite_metrics(m)) for m in history])
     return result
+
+
+def _finite_metrics(epoch: Any) -> dict[str, float]:
+    """An epoch's metrics without the NaNs (no validation when the validation split is trained on)."""
+    values = {k: getattr(epoch, k) for k in EPOCH_METRICS}
+    return {k: v for k, v in values.items() if math.isfinite(v)}
 
 
 def set_torch_threads(workers: int) -> int:

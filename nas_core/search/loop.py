@@ -23,10 +23,12 @@ from torch import nn
 
 from nas_core.config import SearchConfig
 from nas_core.data.preparation import PreparedData, load_prepared
+from nas_core.evaluation.packing import GpuWatch
 from nas_core.evaluation.stopping import clear_stop, request_stop
 from nas_core.evaluation.table import TableEvaluator
 from nas_core.evaluation.worker import remember_data
 from nas_core.genome import Genome
+from nas_core.latency import ModuleTimer
 from nas_core.provenance import Provenance
 from nas_core.search import checkpoint as files
 from nas_core.search.clock import STOP_INTERRUPTED, SearchClock
@@ -66,6 +68,8 @@ from nas_core.search.summary import BestModel, SearchSummary
 from nas_core.search.warm_start import WarmStart, check_warm_start, seed_genomes, told_evaluations
 from nas_core.strategies import CandidateResult
 
+PLOTTED_CANDIDATES = 5  # the best few whose figures are drawn, once, at the end (as many as the report's curves)
+
 
 class Search:
     """One search: its state and its steps. :meth:`run` calls the steps in order; a flow may call them itself."""
@@ -81,6 +85,7 @@ class Search:
         exporter: ModelExporter | None = None,
         reporter: Reporter | None = None,
         observer: Observer | None = None,
+        latency_timer: ModuleTimer | None = None,
     ) -> None:
         self.search_id = search_id or new_search_id()
         self.resume = resume
@@ -92,12 +97,13 @@ class Search:
         self.table = (
             TableEvaluator.load(config.table_path, config.select_metric, config.report_metric) if config.table_path else None
         )
-        self.proposer = Proposer(config, self.output, resume)
+        self.proposer = Proposer(config, self.output, resume, latency_timer)
         self.records: list[Evaluation] = []  # every finished evaluation, in the order they finished
         self.told: list[Evaluation] = []  # earlier searches' evaluations a warm start told the strategy
         self.warm: WarmStart | None = None
         self.memory: EvaluationMemory | None = None  # the tracking store's earlier evaluations (with a warm start)
         self.clock = SearchClock(config.time_budget_seconds, config.workers)
+        self.gpus = GpuWatch()  # the GPUs candidates train on here (utilisation, packing): set by prepare()
         self.candidates_spent: float | None = None  # the clock when the search stopped proposing
         self.by_hash: dict[str, Evaluation] = {}  # each architecture's longest evaluation
         self.best_weights: dict[str, Any] | None = None  # of best() only
@@ -147,9 +153,11 @@ class Search:
             self.observer.resumed(self.records, self.killed_on_resume)
             while requests := stage("propose", self.propose):
                 self.observer.stage(f"training generation {self.generation}")
+                mark = self.gpus.mark()
                 with self.timed("candidates"):
                     for result in evaluate(requests):
                         self.record(result)
+                self.gpus.measure(mark)
                 stage("select", self.select)
             if request := self.final_request():
                 self.observer.stage(f"final training ({request.train.epochs} epochs)")
@@ -166,6 +174,7 @@ class Search:
             self.observer.stage("writing summary, plots and report")
             return stage("finish", lambda: self.finish(outcome))
         except BaseException as exc:
+            self.gpus.stop()
             request_stop()  # evaluations still training in this process's threads are orphans now: they stop at a batch
             self.abort(f"{type(exc).__name__}: {exc}")
             raise
@@ -189,6 +198,8 @@ class Search:
             self.data = load_prepared(self.dataset.path.parent, self.config.dataset)  # just prepared and versioned
             remember_data(self.data_store, self.config.dataset, self.dataset.version, self.data)  # workers here reuse it
         self.proposer.bind(self.input_spec(), self.data)
+        if not self.gpus.watching:
+            self.gpus = self._watch_gpus()
         self.provenance = Provenance.of_search(self.search_id, self.dataset.name, self.dataset.version)
         self.tracker = self.connect_tracker()
         state = None
@@ -197,6 +208,7 @@ class Search:
             state = self._restore()
         else:
             params = {k: v for k, v in self.config.model_dump(mode="json").items() if v is not None}
+            params.update(self.proposer.latency_params())  # the machine latencies are predicted for
             tags = {
                 **self.provenance.tags(prefix=""),
                 "role": "search",
@@ -230,6 +242,13 @@ class Search:
         self.tracker.log_json(self.run_id, [e.summary() for e in self.told], "warm_start.json")
         self.write_checkpoint()
 
+    def _watch_gpus(self) -> GpuWatch:
+        """The GPUs candidates train on here (none for tables and remote clusters, whose GPUs are elsewhere)."""
+        remote = self.config.runner == "dask" and bool(self.config.dask_address)
+        if self.table is not None or remote:
+            return GpuWatch()
+        return GpuWatch.of(self.config.device, self.config.candidates_per_gpu)
+
     def _write_search_file(self) -> None:
         files.write_saved_search(self.output, self.search_id, self.run_id, self.config.model_dump(mode="json"))
 
@@ -241,6 +260,7 @@ class Search:
         if state is not None:
             self.proposer.load_state(state)
             self.clock.restore(state.get("spent_seconds", 0.0))
+            self.gpus.load(state.get("packing"))
             self.warm = WarmStart.from_dict(state.get("warm_start"))
             for data in state.get("told", []):
                 self.told.append(Evaluation.from_dict(data))
@@ -335,6 +355,7 @@ class Search:
             stop_below,
             self.proposer.checkpoint_path(planned.hash, planned.from_fidelity or 0),
             deadline,
+            self.gpus.per_gpu(self.config.max_candidates_per_gpu),
         )
 
     def record_reused(self, request: EvaluationRequest, found: StoredEvaluation) -> Evaluation:
@@ -346,8 +367,9 @@ class Search:
         parent_run_ids = tuple(self.by_hash[h].mlflow_run_id for h in planned.parents if h in self.by_hash)
         evaluation = Evaluation(
             planned.index, planned.generation, planned.genome, planned.origin, planned.parents, parent_run_ids, run_id,
-            "ok", metrics=dict(found.metrics), hash=planned.hash, fidelity=planned.fidelity, bracket=planned.bracket,
-            proxy=planned.proxy, finished_seconds=round(time.time() - self.started_at, 3), reused_from=found.run_id,
+            "ok", metrics=self.proposer.here(found.metrics, planned.genome), hash=planned.hash,
+            fidelity=planned.fidelity, bracket=planned.bracket, proxy=planned.proxy,
+            finished_seconds=round(time.time() - self.started_at, 3), reused_from=found.run_id,
         )  # fmt: skip
         return self._close(evaluation, None)
 
@@ -363,6 +385,8 @@ class Search:
         metrics = dict(result.metrics)
         if self.table is not None and result.ok:
             metrics.update(self.cost(planned.genome))
+        if result.ok:
+            metrics.update(self.proposer.latency_metrics(planned.genome))
         parent_run_ids = (
             (planned.promoted_from,)
             if planned.promoted_from
@@ -412,6 +436,7 @@ class Search:
                 "search_id": self.search_id,
                 **self.proposer.state(),
                 "spent_seconds": round(self.clock.spent(), 3),
+                "packing": self.gpus.state(),
                 "warm_start": self.warm.to_dict() if self.warm else None,
                 "told": [r.to_dict() for r in self.told],
                 "finished": [r.to_dict() for r in self.records],
@@ -436,6 +461,7 @@ class Search:
                 ]
             )
             self.proposer.generation_done()
+            self.gpus.generation_done()
             self.write_checkpoint()
             return self.best()
 
@@ -508,7 +534,10 @@ class Search:
         best, final = self.best(), self.current_final()
         assert best is not None and self.provenance is not None and self.data is not None
         provenance = self.provenance.for_model(best.hash, best.mlflow_run_id, final.run_id if final else None)
-        return ExportRequest(self.best_model(), best, self.exported_metrics(), provenance, self.data, self.output, self.run_id)
+        return ExportRequest(
+            self.best_model(), best, self.exported_metrics(), provenance, self.data, self.output, self.run_id,
+            self.config.quantize, self.config.max_accuracy_drop,
+        )  # fmt: skip
 
     def export(self) -> ExportOutcome | None:
         """Export the best model through the exporter (ONNX, registry and handoff bundle in the pipeline).
@@ -547,8 +576,10 @@ class Search:
     def finish(self, outcome: ExportOutcome | None = None) -> SearchSummary:
         """Write ``summary.json`` and the reports; log them, and close the search's run (FAILED when nothing trained)."""
         finishing = time.monotonic()
+        self.gpus.stop()
         assert self.tracker is not None and self.dataset is not None
         summary = self.summary(outcome)
+        self.plot_best()
         for path, folder in self.reporter.report(summary):
             self.tracker.log_artifact(self.run_id, path, folder)
         self.timings["finish"] = time.monotonic() - finishing
@@ -568,6 +599,20 @@ class Search:
         self.finished = summary
         return summary
 
+    def plot_best(self) -> None:
+        """Draw the figures of the best few trained candidates and of the final model, from their logged metrics."""
+        assert self.tracker is not None
+        if self.table is not None:  # looked up: no epochs, no training to show
+            return
+        ranked = sorted((r for r in self.records if r.ok and r.trained), key=Evaluation.best_key, reverse=True)
+        shown = [(r.mlflow_run_id, r.genome, f"candidate-{r.index:03d}-{r.hash[:8]}") for r in ranked[:PLOTTED_CANDIDATES]]
+        best, final = self.best(), self.current_final()
+        if best is not None and final is not None:
+            shown.append((final.run_id, best.genome, "final model"))
+        dims = int(getattr(type(self.space), "input_ndim", 2))
+        for run_id, genome, title in shown:
+            self.tracker.log_evaluation_plots(run_id, genome, title, dims)
+
     def summary(self, outcome: ExportOutcome | None) -> SearchSummary:
         """The search as it stands (timings are added by :meth:`finish`)."""
         assert self.tracker is not None and self.dataset is not None
@@ -584,6 +629,7 @@ class Search:
             time_budget_seconds=self.clock.budget_seconds,
             spent_seconds=round(self.candidates_spent if self.candidates_spent is not None else self.clock.spent(), 3),
             device_seconds=round(self.device_seconds(), 3), warm_start=self.warm.to_dict() if self.warm else None,
+            gpus=self.gpus.summary(),
         )  # fmt: skip
 
     def device_seconds(self) -> float:

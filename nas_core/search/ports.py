@@ -52,12 +52,17 @@ class Tracker(Protocol):
     def reopen_run(self, run_id: str) -> None: ...
     def log_params(self, run_id: str, params: Mapping[str, Any]) -> None: ...
     def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None: ...
+    def log_metric_history(self, run_id: str, steps: Sequence[tuple[int, Mapping[str, float]]]) -> None:
+        """The metrics of several steps (an evaluation's epochs) at once: one call to the store, not one per step."""
+        ...
+
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None: ...
     def log_json(self, run_id: str, data: Any, artifact_file: str) -> None: ...
     def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None: ...
     def end_run(self, run_id: str, ok: bool, status: str | None = None) -> None: ...
-    def log_evaluation_plots(self, run_id: str, genome: Any, history: list[dict[str, float]], title: str, dims: int) -> None:
-        """Draw and attach an evaluation's figures (a store without artifacts may do nothing)."""
+    def log_evaluation_plots(self, run_id: str, genome: Any, title: str, dims: int) -> None:
+        """Draw an evaluation's figures from its logged per-epoch metrics and attach them to its run (a store without
+        artifacts may do nothing); the search draws them once, at its end, for its best few."""
         ...
 
     def running_runs(self, search_id: str, roles: Sequence[str]) -> list[str]: ...
@@ -90,6 +95,7 @@ class ExportOutcome:
     samples: int  # inputs compared between ONNX and PyTorch
     registration: dict[str, Any] | None = None
     handoff_path: Path | None = None
+    quantization: dict[str, Any] | None = None  # the int8 report (kept or why not), when asked for
 
 
 @dataclass(frozen=True)
@@ -103,6 +109,8 @@ class ExportRequest:
     data: PreparedData
     output: Path
     search_run_id: str
+    quantize: str = "none"  # "int8": also an int8 model, kept within max_accuracy_drop of the float one
+    max_accuracy_drop: float = 0.005
 
 
 class ModelExporter(Protocol):
@@ -199,6 +207,10 @@ class MemoryTracker:
         for key, value in metrics.items():
             self.runs[run_id].metrics.setdefault(key, []).append((step, float(value)))
 
+    def log_metric_history(self, run_id: str, steps: Sequence[tuple[int, Mapping[str, float]]]) -> None:
+        for step, metrics in steps:
+            self.log_metrics(run_id, metrics, step)
+
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
         self.runs[run_id].tags.update({k: str(v) for k, v in tags.items()})
 
@@ -211,7 +223,7 @@ class MemoryTracker:
     def end_run(self, run_id: str, ok: bool, status: str | None = None) -> None:
         self.runs[run_id].status = status or ("FINISHED" if ok else "FAILED")
 
-    def log_evaluation_plots(self, run_id: str, genome: Any, history: list[dict[str, float]], title: str, dims: int) -> None:
+    def log_evaluation_plots(self, run_id: str, genome: Any, title: str, dims: int) -> None:
         pass
 
     def running_runs(self, search_id: str, roles: Sequence[str]) -> list[str]:

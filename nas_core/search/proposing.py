@@ -3,16 +3,28 @@ budget, with the generation in flight kept so that a resumed search continues it
 
 from __future__ import annotations
 
+import logging
 import math
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from nas_core.config import SearchConfig
+from nas_core.config import ConfigError, SearchConfig
 from nas_core.data.preparation import PreparedData
 from nas_core.evaluation.fidelity import Rungs
 from nas_core.evaluation.proxies import score_genome
+from nas_core.evaluation.proxy_table import ProxyTableKey, load_or_compute
 from nas_core.genome import Genome
+from nas_core.latency import (
+    LATENCY_FOLDER,
+    LATENCY_METRIC,
+    LATENCY_SPACES,
+    GenomeLatency,
+    LatencyPredictor,
+    LatencyTable,
+    ModuleTimer,
+)
 from nas_core.search.checkpoint import CHECKPOINTS_DIR
 from nas_core.search.clock import STOP_BUDGET, STOP_EXHAUSTED, STOP_TIME
 from nas_core.search.records import PROMOTION, Evaluation, PlannedEvaluation
@@ -24,6 +36,10 @@ from nas_core.strategies import CandidateResult, Strategy, create_strategy
 
 # tabular benchmarks (NAS-Bench-201) are on CIFAR-10: their costs are computed for its inputs
 TABLE_INPUT_SPEC: tuple[tuple[int, ...], int] = ((3, 32, 32), 10)
+PRIOR_FOLDER = "proxies"  # under the project folder: cached proxy tables, shared by every search of the project
+PRIOR_SEED = 0  # the proxy table's initialisation seed: one table per space, input shape and proxy, whatever the search seed
+
+log = logging.getLogger(__name__)
 
 
 def read_init_genome(path: Path, space: SearchSpace) -> Genome:
@@ -39,12 +55,18 @@ def read_init_genome(path: Path, space: SearchSpace) -> Genome:
 class Proposer:
     """The space, the strategy and the pieces that decide what the next generation evaluates."""
 
-    def __init__(self, config: SearchConfig, output: Path, resume: bool = False) -> None:
+    def __init__(
+        self, config: SearchConfig, output: Path, resume: bool = False, latency_timer: ModuleTimer | None = None
+    ) -> None:
         self.config, self.output = config, output
         self.space = create_space(config.space, hparams=config.hparams, **space_options(config))
         self.strategy: Strategy = create_strategy(
             config.strategy, self.space, seed=config.seed, population=config.population, constraint=self.within_limits
         )
+        if config.cost_objective and hasattr(self.strategy, "cost_metric"):  # nsga2 minimises it beside accuracy
+            self.strategy.cost_metric = config.cost_objective
+        self.latency_timer = latency_timer
+        self.latency: GenomeLatency | None = None  # once bound to the data's input shape
         self.fidelity: FidelitySchedule = (
             MultiFidelity(Rungs(config.min_epochs, config.top_epochs, config.eta, config.schedule))
             if config.fidelity == "epochs"
@@ -58,6 +80,7 @@ class Proposer:
         self.screened: list[dict[str, Any]] = []  # proposals the zero-cost proxy kept from training
         self.input_spec: tuple[tuple[int, ...], int] = TABLE_INPUT_SPEC
         self.score: Callable[[Genome], float] | None = None  # the proxy's score, once the data is there
+        self.prior: dict[str, Any] | None = None  # the proxy table given to the strategy: proxy, file, checksum
         self._costs: dict[str, dict[str, int]] = {}
         if config.init_genome is not None and not resume:
             self.strategy.enqueue(read_init_genome(Path(config.init_genome), self.space))
@@ -65,9 +88,26 @@ class Proposer:
     def bind(self, input_spec: tuple[tuple[int, ...], int], data: PreparedData | None) -> None:
         """The data's input shape and class count (for costs), and the data the proxy scores on (none for tables)."""
         self.input_spec = input_spec
+        self.latency = self._latency_model(input_spec)
         screen, seed = self.screen, self.config.seed
         if screen is not None and data is not None:
             self.score = lambda genome: score_genome(self.space.build, genome, data, screen.name, seed=seed)
+        if self.config.prior != "none":
+            self.use_prior(input_spec)
+
+    def use_prior(self, input_spec: tuple[tuple[int, ...], int]) -> None:
+        """Give the strategy the ``prior`` proxy's table of the space for these inputs (loaded, or computed and cached
+        under the project's ``proxies/`` folder); its file and checksum go into the proposer's state."""
+        key = ProxyTableKey.of(self.space, *input_spec, self.config.prior, seed=PRIOR_SEED)
+        folder = Path(self.config.project_dir) / PRIOR_FOLDER
+
+        def progress(done: int, total: int) -> None:
+            log.info("prior %s: %d/%d architectures scored", key.proxy, done, total)
+
+        table, path = load_or_compute(self.space, key, folder, processes=min(2, os.cpu_count() or 1), progress=progress)
+        self.strategy.use_prior(table.scores)
+        self.prior = {"proxy": key.proxy, "file": str(path), "checksum": table.checksum}
+        log.info("prior %s from %s (checksum %s)", key.proxy, path, table.checksum)
 
     def cost(self, genome: Genome) -> dict[str, int]:
         """Parameters and FLOPs of a genome's network, cached by identity."""
@@ -77,12 +117,47 @@ class Proposer:
         return self._costs[key]
 
     def within_limits(self, genome: Genome) -> bool:
-        """The ``max_params`` / ``max_flops`` constraint every strategy honours."""
+        """The ``max_params`` / ``max_flops`` / ``max_latency_ms`` constraint every strategy honours."""
         limits = {"params": self.config.max_params, "flops": self.config.max_flops}
+        if self.config.max_latency_ms is not None and self.latency_ms(genome) > self.config.max_latency_ms:
+            return False
         if all(v is None for v in limits.values()):
             return True
         cost = self.cost(genome)
         return all(limit is None or cost[key] <= limit for key, limit in limits.items())
+
+    def _latency_model(self, input_spec: tuple[tuple[int, ...], int]) -> GenomeLatency | None:
+        """The latency predictor of this machine for these inputs (None without a timer, or for a space it cannot cut)."""
+        if self.latency_timer is None or self.config.space not in LATENCY_SPACES or self.config.table_path is not None:
+            if self.config.max_latency_ms is not None or self.config.cost_objective == LATENCY_METRIC:
+                raise ConfigError("latency needs a timer for the handoff runtime (the pipeline's search has one)")
+            return None
+        shape, classes = input_spec
+        table = LatencyTable(self.latency_timer, Path(self.config.project_dir) / LATENCY_FOLDER, self.config.latency_batch)
+        return LatencyPredictor(lambda genome: self.space.build(genome, shape, classes), shape, table)
+
+    def latency_ms(self, genome: Genome) -> float:
+        """The genome's predicted latency on the handoff runtime (milliseconds per call at ``latency_batch``)."""
+        if self.latency is None:
+            raise ConfigError("latency needs a timer for the handoff runtime (the pipeline's search has one)")
+        return self.latency.latency_ms(genome)
+
+    def latency_metrics(self, genome: Genome) -> dict[str, float]:
+        """``{"latency_ms": ...}`` of this machine for a candidate's metrics, or nothing without a latency model."""
+        if self.latency is None:
+            return {}
+        try:
+            return {LATENCY_METRIC: round(self.latency_ms(genome), 5)}
+        except Exception as exc:  # noqa: BLE001 - a part the runtime cannot time costs the candidate its figure only
+            log.warning("no latency for %s: %s", genome.canonical_hash()[:8], exc)
+            return {}
+
+    def latency_params(self) -> dict[str, object]:
+        """The search's run parameters that say how latencies were had, and on which machine."""
+        if self.latency is None:
+            return {}
+        source = {"latency.source": self.latency.source, "latency.batch_size": self.latency.batch_size}
+        return {**source, **self.latency.machine().params()}
 
     def checkpoint_path(self, hash_: str, fidelity: int) -> Path:
         """Where a multi-fidelity evaluation's training state is kept until it is promoted (or the search ends)."""
@@ -164,9 +239,16 @@ class Proposer:
         """Before the first ask: queue ``seeds`` to be trained first, and tell the strategy earlier results."""
         for genome in seeds:
             self.strategy.enqueue(genome)
-        self.strategy.tell(
-            [CandidateResult(e.genome, e.status, e.metrics.get("val_accuracy"), "", e.metrics, e.hash) for e in told]
+        self.strategy.tell(  # latencies of this machine: an earlier search may have run on another one
+            [
+                CandidateResult(e.genome, e.status, e.metrics.get("val_accuracy"), "", self.here(e.metrics, e.genome), e.hash)
+                for e in told
+            ]
         )
+
+    def here(self, metrics: dict[str, Any], genome: Genome) -> dict[str, Any]:
+        """``metrics`` with the latency of this machine (none when there is no latency model here)."""
+        return {**{k: v for k, v in metrics.items() if k != LATENCY_METRIC}, **self.latency_metrics(genome)}
 
     def state(self) -> dict[str, Any]:
         return {
@@ -175,6 +257,7 @@ class Proposer:
             "in_flight": [p.to_dict() for p in self.in_flight],
             "screened": self.screened,
             "stop_reason": self.stop_reason,
+            "prior": self.prior,
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -183,3 +266,6 @@ class Proposer:
         self.in_flight = [PlannedEvaluation.from_dict(p) for p in state["in_flight"]]
         self.screened = list(state.get("screened", []))
         self.stop_reason = state.get("stop_reason")
+        saved = (state.get("prior") or {}).get("checksum")
+        if saved and self.prior is not None and saved != self.prior["checksum"]:
+            log.warning("the prior's table changed since the search started (%s, now %s)", saved, self.prior["checksum"])

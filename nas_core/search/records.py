@@ -177,7 +177,7 @@ class Evaluation:
             "status": self.status,
             "reason": self.reason,
             "origin": self.origin,
-            **{k: m.get(k) for k in ("val_accuracy", "val_f1", "test_accuracy", "params", "flops")},
+            **{k: m.get(k) for k in ("val_accuracy", "val_f1", "test_accuracy", "params", "flops", "latency_ms")},
             "mlflow_run_id": self.mlflow_run_id,
             "parents": list(self.parents),
             "parent_run_ids": list(self.parent_run_ids),

@@ -56,6 +56,7 @@ class RequestContext:
         stop_below: tuple[float | None, ...],
         checkpoint: Path,
         deadline: float | None = None,
+        per_device: int = 1,
     ) -> EvaluationRequest:
         config, provenance = self.config, self.provenance
         train = dataclasses.replace(
@@ -98,7 +99,7 @@ class RequestContext:
             train=train,
             table=self.table,
             devices=config.device,
-            per_device=config.candidates_per_gpu,
+            per_device=per_device,
             threads=threads_per_candidate(config.workers),
             # a promotion continues its saved state; without it (lost, or moved aside as damaged) it trains from scratch
             start_checkpoint=str(checkpoint) if planned.from_fidelity is not None and checkpoint.is_file() else None,

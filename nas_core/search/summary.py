@@ -48,6 +48,7 @@ class BestModel:
     registry: dict[str, Any] | None = None
     model_error: str | None = None  # why a trained search has no exported model (None when it has one, or trains none)
     reused_from: str | None = None  # the earlier run whose result it is, when this search did not train it
+    quantization: dict[str, Any] | None = None  # --quantize int8: kept or why not, accuracy and latency before and after
 
     @classmethod
     def of(
@@ -67,7 +68,7 @@ class BestModel:
             onnx_path=str(outcome.path) if outcome else None, onnx_max_abs_diff=outcome.max_abs_diff if outcome else None,
             handoff_path=str(outcome.handoff_path) if outcome and outcome.handoff_path else None,
             registry=outcome.registration if outcome else None, model_error=model_error,
-            reused_from=best.reused_from or None,
+            reused_from=best.reused_from or None, quantization=outcome.quantization if outcome else None,
         )  # fmt: skip
 
     def metric(self, name: str) -> float | None:
@@ -102,6 +103,7 @@ class SearchSummary:
     spent_seconds: float = 0.0  # the search's time until its candidates ended, earlier processes' included
     device_seconds: float = 0.0  # wall seconds of the evaluations it trained (candidates, final and recovery)
     warm_start: dict[str, Any] | None = None  # what it took from earlier searches (WarmStart)
+    gpus: dict[str, Any] | None = None  # busy share per GPU; with candidates_per_gpu auto, the counts tried
     format: int = SUMMARY_FORMAT
 
     @property

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-from torch import nn
 
 from nas_core.genome import Genome
 from nas_core.registry import Registry
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 class SpaceExhausted(ValueError):

@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from torch import nn
 
-from nas_core.builder import build_model
 from nas_core.genome import Genome, GenomeError, Node
-from nas_core.metrics import count_flops, count_params
 from nas_core.ops import INPUT_OP, OPS, OUTPUT_OP
 from nas_core.spaces.base import SpaceExhausted, register_space
+
+if TYPE_CHECKING:
+    from torch import nn
 
 INPUT, OUTPUT = "input", "output"
 _MAX_TRIES = 100
@@ -273,10 +273,15 @@ class ImageSpace:
         return None  # far too many to list
 
     def build(self, genome, input_shape, num_classes, mean=None, std=None) -> nn.Module:
+        from nas_core.builder import build_model  # torch: imported when a network is built
+
         return build_model(genome, input_shape, num_classes, mean, std)
 
     def cost(self, genome: Genome, input_shape: tuple[int, ...], num_classes: int) -> dict[str, int]:
         """Parameters and FLOPs of the built network (these models are small enough to build)."""
+        from nas_core.builder import build_model
+        from nas_core.metrics import count_flops, count_params
+
         model = build_model(genome, input_shape, num_classes)
         return {"params": count_params(model), "flops": count_flops(model, input_shape)}
 

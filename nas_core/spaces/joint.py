@@ -7,14 +7,16 @@ import hashlib
 import json
 import random
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from torch import nn
 
 from nas_core import hparams as hp
 from nas_core.genome import Genome
 from nas_core.spaces.base import SearchSpace, SpaceExhausted
+
+if TYPE_CHECKING:
+    from torch import nn
 
 HPARAM_MUTATION_PROB = 0.25
 

@@ -9,7 +9,7 @@ As a genome, each edge is a node holding its op (``e2_1`` is the edge node2<-nod
 inner nodes 1 and 2 are ``identity`` nodes summing their incoming edges; node 0 is ``input`` and
 node 3 is ``output``. The network around the cell is the benchmark's macro skeleton: a 3x3 stem,
 three stages of N cells with C, 2C, 4C channels joined by residual reduction blocks, then BN, ReLU,
-global pooling and a linear classifier.
+global pooling and a linear classifier (:mod:`nas_core.spaces.nb201_net`, imported when a network is built).
 """
 
 from __future__ import annotations
@@ -20,17 +20,16 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import nn
 
-from nas_core.builder import GenomeCell, Normalize
 from nas_core.genome import Genome, GenomeError, Node
-from nas_core.metrics import count_flops, count_params
 from nas_core.ops import INPUT_OP, OPS, OUTPUT_OP
 from nas_core.spaces.base import SpaceExhausted, register_space
+
+if TYPE_CHECKING:
+    from torch import nn
 
 NB201_OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
 EDGES = ((1, 0), (2, 0), (2, 1), (3, 0), (3, 1), (3, 2))  # (to, from), in architecture-string order
@@ -125,6 +124,8 @@ def _all_cells() -> tuple[Cell, ...]:
 
 @cache
 def _op_cost(op: str, shape: tuple[int, int, int]) -> tuple[int, int]:
+    from nas_core.metrics import count_flops, count_params
+
     module = OPS[op].factory(shape[0], {})
     return count_params(module), count_flops(module, shape)
 
@@ -134,56 +135,13 @@ def _skeleton_cost(
     input_shape: tuple[int, ...], num_classes: int, channels: int, cells_per_stage: int
 ) -> tuple[int, int, list[tuple[int, int, int]]]:
     """Cost of the network whose cells carry nothing (all ``none``), and the cell shape per stage."""
+    from nas_core.builder import GenomeCell
+    from nas_core.metrics import count_flops, count_params
+    from nas_core.spaces.nb201_net import NB201Net
+
     empty = NB201Net(cell_to_genome(("none",) * len(EDGES)), input_shape, num_classes, None, None, channels, 1)
     shapes = [cell.shapes["input"] for cell in empty.cells if isinstance(cell, GenomeCell)]
     return count_params(empty), count_flops(empty, input_shape), shapes
-
-
-class ResidualReduction(nn.Module):
-    """NAS-Bench-201's reduction block: a basic ResNet block with stride 2 and a pooled 1x1 shortcut."""
-
-    def __init__(self, c_in: int, c_out: int) -> None:
-        super().__init__()
-        self.conv_a = nn.Sequential(nn.ReLU(), nn.Conv2d(c_in, c_out, 3, 2, 1, bias=False), nn.BatchNorm2d(c_out))
-        self.conv_b = nn.Sequential(nn.ReLU(), nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False), nn.BatchNorm2d(c_out))
-        # ceil_mode: odd sizes round up like the stride-2 conv (identical to the benchmark on even sizes)
-        self.shortcut = nn.Sequential(nn.AvgPool2d(2, 2, ceil_mode=True), nn.Conv2d(c_in, c_out, 1, bias=False))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.shortcut(x) + self.conv_b(self.conv_a(x))
-
-
-class NB201Net(nn.Module):
-    """Stem, three stages of ``cells_per_stage`` cells (C, 2C, 4C channels) with reductions, classifier."""
-
-    def __init__(
-        self,
-        genome: Genome,
-        input_shape: Sequence[int],
-        num_classes: int,
-        mean: Sequence[float] | None = None,
-        std: Sequence[float] | None = None,
-        channels: int = 16,
-        cells_per_stage: int = 5,
-    ) -> None:
-        super().__init__()
-        in_channels, h, w = (int(v) for v in input_shape)
-        self.normalize = Normalize(in_channels, mean, std)
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels))
-        layers: list[nn.Module] = []
-        c = channels
-        for stage in range(3):
-            if stage:
-                layers.append(ResidualReduction(c, 2 * c))
-                c, h, w = 2 * c, (h + 1) // 2, (w + 1) // 2
-            layers += [GenomeCell(genome, (c, h, w)) for _ in range(cells_per_stage)]
-        self.cells = nn.Sequential(*layers)
-        self.head = nn.Sequential(nn.BatchNorm2d(c), nn.ReLU())
-        self.classifier = nn.Linear(c, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        features = self.head(self.cells(self.stem(self.normalize(x))))
-        return self.classifier(features.mean(dim=(2, 3)))
 
 
 @register_space("nb201")
@@ -258,6 +216,8 @@ class NB201Space:
         return cell_to_genome(parse_arch(text))
 
     def build(self, genome, input_shape, num_classes, mean=None, std=None) -> nn.Module:
+        from nas_core.spaces.nb201_net import NB201Net
+
         genome_to_cell(genome)  # only cells of this space
         return NB201Net(genome, input_shape, num_classes, mean, std, self.channels, self.cells_per_stage)
 

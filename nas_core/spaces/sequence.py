@@ -10,15 +10,14 @@ and stride-2 ops are a little more likely than in the image space, since sequenc
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-from torch import nn
-
-from nas_core.builder import build_model
 from nas_core.genome import Genome
-from nas_core.metrics import count_flops, count_params
 from nas_core.spaces.base import register_space
 from nas_core.spaces.image import ImageSpace
+
+if TYPE_CHECKING:
+    from torch import nn
 
 SEQUENCE_DIMS = 1
 
@@ -39,11 +38,16 @@ class SequenceSpace(ImageSpace):
     input_ndim: ClassVar[int] = SEQUENCE_DIMS  # spatial dimensions of the inputs this space builds for
 
     def build(self, genome: Genome, input_shape, num_classes, mean=None, std=None) -> nn.Module:
+        from nas_core.builder import build_model  # torch: imported when a network is built
+
         _check_shape(input_shape)
         return build_model(genome, input_shape, num_classes, mean, std)
 
     def cost(self, genome: Genome, input_shape: tuple[int, ...], num_classes: int) -> dict[str, int]:
         """Parameters and FLOPs of the built 1D network."""
+        from nas_core.builder import build_model
+        from nas_core.metrics import count_flops, count_params
+
         _check_shape(input_shape)
         model = build_model(genome, input_shape, num_classes)
         return {"params": count_params(model), "flops": count_flops(model, input_shape)}

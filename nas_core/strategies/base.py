@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, ClassVar
 
 from nas_core.genome import Genome
@@ -12,6 +14,7 @@ from nas_core.registry import Registry
 from nas_core.spaces import SearchSpace, SpaceExhausted
 
 _MAX_DRAWS = 200  # draws per requested genome before concluding the space is exhausted
+PRIOR_POOL = 20  # a prior draw is a random unseen genome among the best-scored this many (see Strategy.use_prior)
 
 
 @dataclass(frozen=True)
@@ -23,7 +26,7 @@ class Proposal:
     """
 
     genome: Genome
-    origin: str  # "sample", "mutation", "crossover", "local", "model" or "enqueued"
+    origin: str  # "sample", "prior", "mutation", "crossover", "local", "model" or "enqueued"
     parents: tuple[str, ...] = ()  # identities of the parents
     hash: str = ""
 
@@ -52,6 +55,19 @@ class CandidateResult:
         return self.status == "ok" and self.fitness is not None
 
 
+@lru_cache(maxsize=4)
+def _listed(space: SearchSpace) -> tuple[tuple[str, Genome], ...]:
+    return tuple((space.identity(g), g) for g in (getattr(space, "enumerate", lambda: None)() or ()))
+
+
+def listed(space: SearchSpace) -> tuple[tuple[str, Genome], ...]:
+    """(identity, genome) of every architecture of a listable space (empty if it cannot be listed), cached per space."""
+    try:
+        return _listed(space)
+    except TypeError:  # an unhashable space: nothing to cache on
+        return _listed.__wrapped__(space)
+
+
 def rng_state(rng: random.Random) -> list[Any]:
     version, internal, gauss = rng.getstate()
     return [version, list(internal), gauss]
@@ -68,6 +84,10 @@ class Strategy:
     filters duplicates by identity and genomes that break the constraint) and may extend ``tell``
     and the state dict. ``constraint`` (e.g. a parameter limit) is honoured by every strategy.
     Population-based subclasses set ``takes_population``: they accept ``population_size``.
+
+    ``use_prior`` gives what is known before any evaluation (a score per identity, e.g. a zero-cost proxy table):
+    with one, the base's random samples become prior draws, so every strategy's random phase (initial population,
+    initial design, restarts) starts from the best-scored architectures.
     """
 
     name = "base"
@@ -86,6 +106,35 @@ class Strategy:
         self.seen: set[str] = set()
         self.queue: list[dict[str, Any]] = []
         self._rejected: set[str] = set()  # identities that break the constraint (derived, not state)
+        self.prior: dict[str, float] = {}  # identity -> prior score, higher is better (given again on resume, not state)
+        self.prior_pool = PRIOR_POOL
+        self._prior_ranking: list[tuple[str, Genome]] | None = None  # derived from the prior
+
+    def use_prior(self, scores: Mapping[str, float]) -> None:
+        """Take a score per identity known before any evaluation (higher is better; e.g. a zero-cost proxy table).
+
+        In the base, each random sample becomes a prior draw: a random unseen genome among the ``prior_pool``
+        best-scored architectures of the listable space (origin ``prior``); subclasses may use the scores more
+        (see their docstrings). On a space that cannot be listed, or with no scored identity, nothing changes.
+        The prior is not part of :meth:`state_dict`: on resume, give it again (before or after loading the state).
+        """
+        self.prior = {h: float(s) for h, s in scores.items() if not math.isnan(float(s))}
+        self._prior_ranking = None
+
+    def _prior_proposal(self) -> Proposal | None:
+        """A random unseen, allowed genome among the ``prior_pool`` best-scored ones; None without a usable prior."""
+        if not self.prior:
+            return None
+        if self._prior_ranking is None:
+            scored = [(h, g) for h, g in listed(self.space) if h in self.prior]
+            self._prior_ranking = sorted(scored, key=lambda entry: -self.prior[entry[0]])  # stable: ties keep list order
+        pool: list[Genome] = []
+        for identity, genome in self._prior_ranking:
+            if identity not in self.seen and identity not in self._rejected:
+                pool.append(genome)
+                if len(pool) >= self.prior_pool:
+                    break
+        return self.proposal(self.rng.choice(pool), "prior") if pool else None
 
     def identity(self, genome: Genome) -> str:
         return self.space.identity(genome)
@@ -152,7 +201,8 @@ class Strategy:
             self.seen.add(result.hash)
 
     def _propose(self) -> Proposal:
-        return self.proposal(self.space.sample(self.rng), "sample")
+        """A prior draw when there is a prior (see :meth:`use_prior`), else a random sample."""
+        return self._prior_proposal() or self.proposal(self.space.sample(self.rng), "sample")
 
     def state_dict(self) -> dict[str, Any]:
         """The whole state as plain JSON-able data."""

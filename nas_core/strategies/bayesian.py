@@ -28,21 +28,20 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from scipy import sparse
-from scipy.linalg import cho_solve, solve_triangular
-from scipy.special import ndtr, ndtri
-from scipy.stats import rankdata
 
 from nas_core.genome import Genome
 from nas_core.spaces import SearchSpace, SpaceExhausted
 from nas_core.spaces.nb201 import EDGES, NB201_OPS, NB201Space, genome_to_cell
 from nas_core.strategies.base import CandidateResult, Proposal, Strategy, register_strategy
+
+if TYPE_CHECKING:  # scipy is imported where it is used: checking a strategy name stays cheap
+    from scipy import sparse
 
 ACQUISITIONS = ("ei", "ucb", "thompson", "alternate")
 LENGTHSCALES = (0.25, 0.35, 0.5, 0.7, 1.0, 1.4, 2.0)  # multiples of the typical distance between encodings (see _scale)
@@ -108,6 +107,8 @@ class Enumeration:
 
 @lru_cache(maxsize=4)
 def _enumerated(space: SearchSpace) -> Enumeration | None:
+    from scipy import sparse
+
     everything = space.enumerate()
     if not everything:
         return None
@@ -130,6 +131,8 @@ def enumerated(space: SearchSpace) -> Enumeration | None:
 
 
 def _sq_dist(a: np.ndarray | sparse.spmatrix, b: np.ndarray, a_sqnorms: np.ndarray | None = None) -> np.ndarray:
+    from scipy import sparse
+
     if a_sqnorms is None:
         a_sqnorms = np.asarray(a.multiply(a).sum(1)).ravel() if sparse.issparse(a) else (a * a).sum(1)
     return np.maximum(a_sqnorms[:, None] + (b * b).sum(1)[None, :] - 2.0 * np.asarray(a @ b.T), 0.0)
@@ -137,6 +140,9 @@ def _sq_dist(a: np.ndarray | sparse.spmatrix, b: np.ndarray, a_sqnorms: np.ndarr
 
 def copula(y: np.ndarray) -> np.ndarray:
     """Ranks mapped to standard-normal quantiles (ties share their mean rank)."""
+    from scipy.special import ndtri
+    from scipy.stats import rankdata
+
     return ndtri((rankdata(y) - 0.5) / len(y))
 
 
@@ -148,6 +154,8 @@ class GaussianProcess:
         self.noise_ratios = tuple(noise_ratios or NOISE_RATIOS)
 
     def fit(self, x: np.ndarray, y: np.ndarray, scale: float = 1.0) -> GaussianProcess:
+        from scipy.linalg import cho_solve
+
         self.x, self.y = x, y
         d2 = _sq_dist(x, x)
         n = len(y)
@@ -171,6 +179,8 @@ class GaussianProcess:
         return self
 
     def _factor(self, x: np.ndarray, y: np.ndarray) -> None:
+        from scipy.linalg import cho_solve
+
         self.x, self.y = x, y
         k = np.exp(-_sq_dist(x, x) / (2.0 * self.lengthscale**2)) + self.noise_ratio * np.eye(len(y))
         self.chol = np.linalg.cholesky(k)
@@ -182,6 +192,8 @@ class GaussianProcess:
 
     def predict(self, x: np.ndarray | sparse.spmatrix, sqnorms: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Posterior mean and standard deviation of the latent function (no observation noise)."""
+        from scipy.linalg import solve_triangular
+
         kc = np.exp(-_sq_dist(x, self.x, sqnorms) / (2.0 * self.lengthscale**2))
         mean = kc @ self.alpha
         v = solve_triangular(self.chol, kc.T, lower=True, check_finite=False)
@@ -190,6 +202,8 @@ class GaussianProcess:
 
 
 def expected_improvement(mean: np.ndarray, sd: np.ndarray, best: float) -> np.ndarray:
+    from scipy.special import ndtr
+
     z = (mean - best) / sd
     return (mean - best) * ndtr(z) + sd * np.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
 
@@ -226,6 +240,12 @@ class BayesianOptimization(Strategy):
     Told results it did not propose are observations like its own (failures as the worst so far) and
     count towards the ``initial`` random design: a warm start with ``initial`` or more results has the
     model choose from the first ask, with fewer only the rest of the design is random.
+
+    With a prior (``use_prior``, e.g. a zero-cost proxy table) the initial design is prior draws (the base's),
+    and, with ``prior_mean``, the surrogate's mean is ``a + b z``: ``z`` is the prior score's rank as a
+    standard-normal quantile over the scored identities, ``a`` and ``b >= 0`` are fitted to the observations by
+    least squares, and the GP models what the prior does not explain. Unexplored architectures are then
+    predicted by their prior score, explored ones by their neighbours' results.
     """
 
     name = "bo"
@@ -242,6 +262,7 @@ class BayesianOptimization(Strategy):
         parents: int = 4,
         mutations: int = 10,
         random_candidates: int = 40,
+        prior_mean: bool = True,
     ) -> None:
         super().__init__(space, seed=seed, constraint=constraint)
         if initial < 1:
@@ -254,6 +275,8 @@ class BayesianOptimization(Strategy):
         self.parents = parents
         self.mutations = mutations
         self.random_candidates = random_candidates
+        self.prior_mean = prior_mean
+        self._prior_z: dict[str, float] = {}  # identity -> prior score as a normal quantile (derived from the prior)
         self.observations: list[dict[str, Any]] = []  # {"genome", "hash", "fitness"}; fitness None if it failed
         self.pending: list[dict[str, Any]] = []  # proposed, not told yet: {"genome", "hash"}
         self._features: dict[str, np.ndarray] = {}  # identity -> features (derived, not state)
@@ -296,7 +319,22 @@ class BayesianOptimization(Strategy):
             fitness = float(result.fitness) if result.ok else None
             self.observations.append({"genome": result.genome.to_dict(), "hash": result.hash, "fitness": fitness})
 
+    def use_prior(self, scores: Mapping[str, float]) -> None:
+        super().use_prior(scores)
+        ranked = sorted(self.prior, key=self.prior.__getitem__)
+        z = copula(np.array([self.prior[h] for h in ranked])) if ranked else np.zeros(0)
+        self._prior_z = dict(zip(ranked, z.tolist(), strict=True))
+
     # -- the model --------------------------------------------------------------------------
+
+    def _prior_column(self, identities: Sequence[str]) -> np.ndarray:
+        """The prior's normal quantile per identity (0, the median, where it has none)."""
+        return np.array([self._prior_z.get(h, 0.0) for h in identities], dtype=np.float64)
+
+    def _candidate_identities(self, candidates: Sequence[Candidate]) -> list[str]:
+        if isinstance(candidates, _Rows):
+            return [candidates.listing.identities[int(i)] for i in candidates.rows]
+        return [identity for _, identity, _, _ in candidates]
 
     def _encode(self, entry: dict[str, Any]) -> np.ndarray:
         """Features of an observation or pending entry ({"genome": dict, "hash": identity})."""
@@ -366,11 +404,15 @@ class BayesianOptimization(Strategy):
         candidates, matrix, sqnorms = self._pool
         if not len(candidates):
             return iter(())
-        gp = GaussianProcess().fit(x, y, _scale(x[: max(2, self.initial)]))
+        trend = self._prior_trend(y) if self.prior_mean and self._prior_z else None
+        offset = trend(self._prior_column([o["hash"] for o in self.observations])) if trend else 0.0
+        gp = GaussianProcess().fit(x, y - offset, _scale(x[: max(2, self.initial)]))
         if self.pending:  # the kriging believer: pending proposals count at their predicted mean
             px = np.array([self._encode(p) for p in self.pending])
             gp.condition(px, gp.predict(px)[0])
         mean, sd = gp.predict(matrix, sqnorms)
+        if trend is not None:
+            mean = mean + trend(self._prior_column(self._candidate_identities(candidates)))
         kind = self.acquisition
         if kind == "alternate":  # expected improvement, then a Thompson draw, then expected improvement ...
             kind = "thompson" if (len(self.observations) + len(self.pending)) % 2 else "ei"
@@ -382,6 +424,15 @@ class BayesianOptimization(Strategy):
             score = thompson(mean, sd, np.random.default_rng(self.rng.getrandbits(64)))
         order = np.argsort(-score, kind="stable")
         return (candidates[i] for i in order)
+
+    def _prior_trend(self, y: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+        """``z -> a + b z``: least squares of the (copula) observations on their prior quantiles, ``b >= 0``."""
+        z = self._prior_column([o["hash"] for o in self.observations])
+        slope = 0.0
+        if len(z) > 2 and z.std() > 1e-9:
+            slope = max(0.0, float(np.cov(z, y, bias=True)[0, 1] / z.var()))
+        intercept = float(y.mean() - slope * z.mean())
+        return lambda values: intercept + slope * values
 
     # -- state --------------------------------------------------------------------------------
 

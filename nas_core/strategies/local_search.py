@@ -18,7 +18,7 @@ class LocalSearch(Strategy):
 
     - The search starts (and restarts) from a random genome: the best successful random (or enqueued)
       genome not yet used as a starting point, or, while there is none, new random samples (origin
-      ``sample``).
+      ``sample``; with a prior, prior draws, origin ``prior``: see ``Strategy.use_prior``).
     - Told results it did not propose (e.g. a warm start with earlier searches' results) count like its
       own random samples: successful ones are starting points (so a warm-started search climbs from the
       best of them first) and known neighbour results.
@@ -130,7 +130,7 @@ class LocalSearch(Strategy):
             self.fitness[result.hash] = result.fitness
             if self.best is None or result.fitness > self.best["fitness"]:
                 self.best = member
-            if origin in ("sample", "enqueued", None):  # random, enqueued or told-unasked genomes are starting points
+            if origin in ("sample", "prior", "enqueued", None):  # random, prior, enqueued or told-unasked: starting points
                 self.starts.append(member)
         self._advance()
 

@@ -7,7 +7,8 @@ from nas_core.strategies.base import Strategy, register_strategy
 
 @register_strategy("random")
 class RandomSearch(Strategy):
-    """Uniform samples from the space (never the same architecture twice).
+    """Uniform samples from the space (never the same architecture twice); with a prior, prior draws
+    (``Strategy.use_prior``): random among the best-scored unseen architectures.
 
     Told results it did not propose: only never proposed (random search ignores fitness).
     """

@@ -35,6 +35,13 @@ def test_breakdown_of_a_complete_summary():
     assert result["other"] == pytest.approx(14.0 - 13.0)
 
 
+def test_the_report_judges_the_time_per_candidate_outside_fit():
+    out = io.StringIO()
+    overhead.print_report(overhead.aggregate([overhead.breakdown(summary(), wall=20.0)]), "t", Console(file=out, width=200))
+    assert "per candidate outside fit: 0.75 s on average" in out.getvalue()
+    assert "target < 0.1 s: missed" in out.getvalue()
+
+
 def test_breakdown_tolerates_missing_keys_and_prints_dashes():
     old = {"elapsed_seconds": 10.0, "candidates": [{"train_seconds": 3.0}]}  # before timings existed
     result = overhead.breakdown(old, wall=12.0)

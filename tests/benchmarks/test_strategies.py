@@ -99,3 +99,34 @@ def test_unknown_strategy_and_bad_table_exit_2(table, tmp_path, capsys):
     assert "missing.json" in capsys.readouterr().err
     assert bench.main(["--table", str(table), "--strategies", "random", "--select-metric", "nope"]) == 2
     assert "nope" in capsys.readouterr().err
+
+
+def cached_prior(folder, score):
+    """A stand-in synflow table of nb201, written where the benchmark looks, so that nothing is computed."""
+    from nas_core.evaluation.proxy_table import ProxyTable, ProxyTableKey
+    from nas_core.spaces import create_space
+
+    space = create_space("nb201")
+    key = ProxyTableKey.of(space, *bench.TABLE_INPUT, "synflow")
+    scores = {space.identity(g): score(space.arch_string(g)) for g in space.enumerate()}
+    return ProxyTable(key, scores).write(folder / key.file_name())
+
+
+@pytest.mark.slow  # a 6,466-architecture correlation and two worker processes
+def test_a_strategy_with_a_proxy_prior_uses_the_cached_table_and_reports_its_correlation(table, tmp_path):
+    cells = {format_arch(cell): select_value(cell) for cell in itertools.product(NB201_OPS, repeat=len(EDGES))}
+    path = cached_prior(tmp_path / "proxies", lambda arch: cells[arch])  # a perfect prior
+    argv = ["--table", str(table), "--strategies", "random,random+synflow", "--seeds", "3", "--budgets", "5",
+            "--select-metric", "sel", "--report-metric", "rep", "--proxy-dir", str(tmp_path / "proxies"),
+            "--json", str(tmp_path / "out.json")]  # fmt: skip
+    assert bench.main(argv, progress=lambda line: None) == 0
+    document = json.loads((tmp_path / "out.json").read_text())
+    prior = document["proxies"]["synflow"]
+    assert prior["file"] == str(path) and prior["spearman_sel"] == pytest.approx(1.0) and prior["architectures"] == 6466
+    by = {r["strategy"]: r for r in document["results"]}
+    assert by["random+synflow"]["mean"] > by["random"]["mean"]  # drawn from the 20 best of a perfect prior
+
+
+def test_a_strategy_with_an_unknown_proxy_exits_2(table, capsys):
+    assert bench.main(["--table", str(table), "--strategies", "bo+nope", "--seeds", "1"]) == 2
+    assert "bo+nope" in capsys.readouterr().err

@@ -7,6 +7,7 @@ The retry policy itself (``is_transient``/``_retry``) is unit-tested in tests/na
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
@@ -88,6 +89,12 @@ def quiet_mlflow() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def pool(quiet_mlflow, booting_server) -> Iterator[ProcessPoolExecutor]:
+    with worker_pool() as executor:
+        yield executor
+
+
+@contextlib.contextmanager
+def worker_pool() -> Iterator[ProcessPoolExecutor]:
     """Eight spawned worker processes (spawn: nothing inherited, as on macOS/Windows or with CUDA)."""
     ctx = multiprocessing.get_context("spawn")
     barrier = ctx.Barrier(WORKERS)

@@ -138,6 +138,41 @@ def test_log_artifact_uploads_a_file(store, runs, tmp_path):
     assert Path(local).read_bytes() == b"\x00\x01 onnx bytes"
 
 
+def test_a_metric_history_goes_in_batches_of_mlflows_limit(store, monkeypatch):
+    tracker, client, _ = store
+    run_id = tracker.start_run("long-training", {}, {"kind": "candidate"})
+    keys = ("train_loss", "val_loss", "val_accuracy", "val_f1")
+    steps = [(epoch, {key: epoch / 1000 for key in keys}) for epoch in range(1, 301)]  # 1,200 values
+    calls = []
+    log_batch = tracker.client.log_batch
+    monkeypatch.setattr(tracker.client, "log_batch", lambda *a, **k: (calls.append(len(k["metrics"])), log_batch(*a, **k))[1])
+    tracker.log_metric_history(run_id, steps)
+    assert calls == [1000, 200]
+    for key in keys:
+        history = sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)
+        assert [(m.step, m.value) for m in history] == [(e, e / 1000) for e in range(1, 301)]
+
+
+def test_evaluation_plots_are_drawn_from_the_logged_epochs(store, monkeypatch):
+    from nas_core.genome import Genome
+    from nas_pipeline import plots
+
+    tracker, client, _ = store
+    run_id = tracker.start_run("candidate-plots", {}, {"kind": "candidate"})
+    tracker.log_metric_history(run_id, [(1, {"train_loss": 1.5, "val_accuracy": 0.5}), (2, {"train_loss": 0.9})])
+    drawn = []
+    curves = plots.learning_curves_png
+    monkeypatch.setattr(
+        plots, "learning_curves_png", lambda history, *a, **k: (drawn.append(history), curves(history, *a, **k))[1]
+    )
+    genome = Genome.read(Path(__file__).resolve().parents[2] / "docs" / "examples" / "genome.json")
+    tracker.log_evaluation_plots(run_id, genome, "candidate-plots", 2)
+    assert drawn == [[{"epoch": 1.0, "train_loss": 1.5, "val_accuracy": 0.5}, {"epoch": 2.0, "train_loss": 0.9}]]
+    listed = sorted(a.path for a in client.list_artifacts(run_id, "plots"))
+    assert listed == ["plots/architecture.png", "plots/learning_curves.png"]
+    assert f"{TAG_PREFIX}plot_error" not in client.get_run(run_id).data.tags
+
+
 def test_end_run_sets_finished_or_failed(store, runs):
     _, client, _ = store
     parent, child, failed = runs

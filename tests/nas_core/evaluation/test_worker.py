@@ -15,8 +15,8 @@ from flows.search import nas_search
 from nas_core.config import SearchConfig
 from nas_core.data.store import LocalDataStore
 from nas_core.evaluation.devices import shared_leases
-from nas_core.evaluation.worker import evaluate
-from nas_core.search.loop import Search
+from nas_core.evaluation.worker import EPOCH_METRICS, evaluate
+from nas_core.search.loop import PLOTTED_CANDIDATES, Search
 from nas_core.search.ports import InfrastructureError, MemoryTracker
 from nas_pipeline import dvc_versioning as versioning
 from nas_pipeline.dvc_versioning import DvcDataStore
@@ -81,6 +81,63 @@ def test_infrastructure_errors_are_raised_not_blamed_on_the_candidate(core_run, 
     job = dataclasses.replace(core_run.propose()[0], tracker=LockedStoreTracker())
     with pytest.raises(type(error), match=str(error)[-12:]):
         evaluate(job)
+
+
+class RecordingTracker(MemoryTracker):
+    """Remembers how metrics reach the store and which runs get figures."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.single_steps: list[set[str]] = []  # the metric names of each log_metrics call
+        self.histories: list[list[int]] = []  # the steps of each log_metric_history call
+        self.plotted: list[str] = []
+
+    def log_metrics(self, run_id, metrics, step=0):
+        self.single_steps.append(set(metrics))
+        super().log_metrics(run_id, metrics, step)
+
+    def log_metric_history(self, run_id, steps):
+        self.histories.append([step for step, _ in steps])
+        for step, metrics in steps:
+            MemoryTracker.log_metrics(self, run_id, metrics, step)
+
+    def log_evaluation_plots(self, run_id, genome, title, dims):
+        self.plotted.append(run_id)
+
+
+@pytest.fixture
+def recorded_run(tmp_path):
+    tracker = RecordingTracker()
+    config = SearchConfig(project_dir=tmp_path, output=tmp_path / "out", budget=2, population=2, epochs=3, workers=1)
+    run = Search(config, LocalDataStore(tmp_path / "data"), search_id="jobs", connect_tracker=lambda: tracker)
+    run.prepare()
+    return run, tracker
+
+
+def test_a_candidates_epochs_reach_the_store_in_one_call_and_it_draws_nothing(recorded_run):
+    run, tracker = recorded_run
+    outcome = evaluate(run.propose()[0])
+    assert outcome.ok
+    assert tracker.histories == [[1, 2, 3]]
+    assert not any(names & set(EPOCH_METRICS) for names in tracker.single_steps), "no epoch logged on its own"
+    assert [step for step, _ in tracker.runs[outcome.run_id].metrics["val_accuracy"]] == [1, 2, 3]
+    assert tracker.plotted == [], "figures are drawn at the end of the search, not per candidate"
+
+
+def test_the_search_draws_the_figures_of_its_best_few_trained_candidates(recorded_run):
+    run, tracker = recorded_run
+    real = run.record(evaluate(run.propose()[0]))
+    ranked = [
+        dataclasses.replace(
+            real, index=i, hash=f"{i:064x}", mlflow_run_id=f"run-{i}", metrics={**real.metrics, "val_accuracy": i / 10}
+        )
+        for i in range(1, 9)
+    ]
+    failed = dataclasses.replace(real, index=9, hash="f" * 64, mlflow_run_id="failed", status="failed")
+    reused = dataclasses.replace(ranked[0], index=10, mlflow_run_id="reused", reused_from="run-x", metrics={"val_accuracy": 0.99})
+    run.records = [*ranked, failed, reused]
+    run.plot_best()
+    assert tracker.plotted == [f"run-{i}" for i in range(8, 0, -1)][:PLOTTED_CANDIDATES]  # not failed, not reused
 
 
 @pytest.mark.slow

@@ -395,3 +395,61 @@ def test_evolution_state_includes_the_population():
 def test_evolution_rejects_bad_settings(kwargs):
     with pytest.raises(ValueError):
         RegularizedEvolution(create_space("image"), seed=0, **kwargs)
+
+
+# ---- a prior: a score per identity known before any evaluation (e.g. a zero-cost proxy table) ----------
+
+# nb201 is listed (6,466 architectures): its pairs are slow, one quick nb201 check per strategy stays below
+PRIOR_PAIRS = [pytest.param(s, c, marks=pytest.mark.slow) if c == "nb201" else (s, c) for s, c in PAIRS]
+PRIOR_IDS = [f"{strategy}-{space}" for strategy, space in PAIRS]
+
+
+@functools.cache
+def prior_for(case: str) -> dict[str, float]:
+    """Scores of every architecture of a listable space; of a few sampled ones where the space cannot be listed."""
+    space = space_of(case)
+    listed = space.enumerate()
+    genomes = listed if listed else [space.sample(random.Random(i)) for i in range(20)]
+    return {space.identity(g): score(space.identity(g)[::-1]) for g in genomes}
+
+
+def with_prior(name: str, seed: int, space: str):
+    strategy = make(name, seed, space)
+    strategy.use_prior(prior_for(space))
+    return strategy
+
+
+@pytest.mark.parametrize(("strategy", "space"), PRIOR_PAIRS, ids=PRIOR_IDS)
+def test_with_a_prior_asks_go_on_deterministically_and_never_repeat(strategy, space):
+    log = run_search(with_prior(strategy, 31, space), SHORT, fail_every=5)
+    assert all(len(generation) == POPULATION for generation in log), "no stall"
+    proposed = hashes(log)
+    assert len(set(proposed)) == len(proposed)
+    assert run_search(with_prior(strategy, 31, space), SHORT, fail_every=5) == log
+
+
+def test_a_prior_on_a_listable_space_gives_the_first_ask_from_the_best_scored(name):
+    strategy = with_prior(name, 32, "nb201")
+    best = sorted(strategy.prior, key=lambda h: -strategy.prior[h])[: strategy.prior_pool]
+    first = strategy.ask(POPULATION)
+    assert all(p.origin == "prior" and p.hash in best for p in first)
+    assert [p.hash for p in first] != [p.hash for p in make(name, 32, "nb201").ask(POPULATION)]
+
+
+def test_a_prior_on_a_space_that_cannot_be_listed_leaves_the_random_phase_unchanged(name):
+    plain, primed = make(name, 33, "image"), with_prior(name, 33, "image")
+    assert [p.hash for p in primed.ask(POPULATION)] == [p.hash for p in plain.ask(POPULATION)]
+
+
+@pytest.mark.parametrize(("strategy", "space"), PRIOR_PAIRS, ids=PRIOR_IDS)
+def test_state_with_a_prior_round_trips_and_the_prior_is_given_again_on_resume(strategy, space):
+    original = with_prior(strategy, 34, space)
+    run_search(original, 2, fail_every=5)
+    state = original.state_dict()
+    assert json_round_trip(state) == state
+    assert not any("prior" in key for key in state), "the prior is given again on resume, not stored"
+    restored = make(strategy, 999, space)
+    restored.load_state_dict(json_round_trip(state))
+    restored.use_prior(prior_for(space))  # after loading (the search gives it before: both work)
+    assert restored.state_dict() == state
+    assert run_search(restored, SHORT - 1) == run_search(original, SHORT - 1)

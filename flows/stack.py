@@ -1,0 +1,187 @@
+"""The project's long-lived local services: a Prefect server and an MLflow tracking server, on 127.0.0.1.
+
+``nas up`` starts both in the background: their own process groups, each with a log file, recorded with their
+URLs in ``<project>/.nas/stack.json``. It then waits until each one answers its health check. ``nas status``
+reads that file and asks each service. ``nas down`` stops exactly the process groups ``nas up`` started.
+While they run, ``nas search`` in the project uses them (:func:`running_urls`), unless ``PREFECT_API_URL`` or
+``MLFLOW_TRACKING_URI`` say otherwise.
+
+Only the standard library is imported here, so these commands answer at once. The servers themselves are
+Prefect's and MLflow's own commands.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+STACK_DIR = Path(".nas")
+STACK_FILE = "stack.json"
+DEFAULT_PREFECT_PORT = 4200
+DEFAULT_MLFLOW_PORT = 5000
+HOST = "127.0.0.1"
+HEALTH_TIMEOUT_S = 2.0
+START_TIMEOUT_S = 180.0  # a Prefect server takes 20 s and more to boot on a loaded 2-core machine
+STOP_TIMEOUT_S = 20.0
+
+
+class StackError(RuntimeError):
+    """A service could not be started or stopped; the message says which and where its log is."""
+
+
+@dataclass(frozen=True)
+class Service:
+    """One running service: what ``nas up`` started and where it answers."""
+
+    name: str  # "prefect" or "mlflow"
+    url: str  # http://127.0.0.1:PORT
+    health: str  # the path that answers 200 when the service is up
+    pid: int  # its process group
+    log: str
+
+    @property
+    def api_url(self) -> str:
+        """What clients are given: Prefect's API under /api, MLflow's server itself."""
+        return f"{self.url}/api" if self.name == "prefect" else self.url
+
+    def answers(self, timeout: float = HEALTH_TIMEOUT_S) -> bool:
+        try:
+            with urllib.request.urlopen(self.url + self.health, timeout=timeout) as response:  # noqa: S310 - loopback
+                return response.status == 200
+        except (OSError, urllib.error.URLError):
+            return False
+
+
+def stack_file(project_dir: Path) -> Path:
+    return Path(project_dir).resolve() / STACK_DIR / STACK_FILE
+
+
+def read_stack(project_dir: Path) -> list[Service]:
+    """The services ``nas up`` recorded for this project (none when it has not run, or after ``nas down``)."""
+    path = stack_file(project_dir)
+    try:
+        return [Service(**entry) for entry in json.loads(path.read_text())["services"]]
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise StackError(f"{path} is damaged ({type(exc).__name__}); stop the servers by hand and delete it") from None
+
+
+def running_urls(project_dir: Path) -> dict[str, str]:
+    """``{"prefect": api url, "mlflow": tracking uri}`` of this project's services that answer now."""
+    try:
+        return {s.name: s.api_url for s in read_stack(project_dir) if s.answers()}
+    except StackError:
+        return {}
+
+
+def _commands(project_dir: Path, backend_store: str | None, artifacts: Path) -> dict[str, list[str]]:
+    bin_dir = Path(sys.executable).parent
+    backend = backend_store or f"sqlite:///{project_dir / 'mlflow.db'}"
+    return {
+        "prefect": [str(bin_dir / "prefect"), "server", "start", "--host", HOST, "--port", "{port}"],
+        "mlflow": [
+            sys.executable, "-m", "mlflow", "server", "--host", HOST, "--port", "{port}", "--workers", "2",
+            "--backend-store-uri", backend, "--artifacts-destination", str(artifacts),
+        ],
+    }  # fmt: skip
+
+
+def _environment(project_dir: Path) -> dict[str, str]:
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env.setdefault("PREFECT_HOME", str(project_dir / ".prefect"))  # the server's database stays in the project
+    for key in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI"):  # the servers are the API, not clients of another one
+        env.pop(key, None)
+    return env
+
+
+def up(
+    project_dir: Path, prefect_port: int = DEFAULT_PREFECT_PORT, mlflow_port: int = DEFAULT_MLFLOW_PORT,
+    backend_store: str | None = None, timeout: float = START_TIMEOUT_S,
+) -> list[Service]:  # fmt: skip
+    """Start the services not yet running, wait until each answers, record them; the running services."""
+    project_dir = Path(project_dir).resolve()
+    folder = stack_file(project_dir).parent
+    folder.mkdir(parents=True, exist_ok=True)
+    running = {s.name: s for s in read_stack(project_dir) if s.answers()}
+    commands = _commands(project_dir, backend_store, project_dir / "mlartifacts")
+    ports = {"prefect": prefect_port, "mlflow": mlflow_port}
+    health = {"prefect": "/api/health", "mlflow": "/health"}
+    started: list[tuple[Service, subprocess.Popen]] = []
+    for name, command in commands.items():
+        if name in running:
+            continue
+        log = folder / f"{name}.log"
+        env = _environment(project_dir)
+        if name == "prefect":  # the UI asks the API where these say (else it looks on port 4200)
+            env |= {"PREFECT_SERVER_API_HOST": HOST, "PREFECT_SERVER_API_PORT": str(ports[name]),
+                    "PREFECT_UI_API_URL": f"http://{HOST}:{ports[name]}/api"}  # fmt: skip
+        with log.open("ab") as out:
+            process = subprocess.Popen(
+                [part.replace("{port}", str(ports[name])) for part in command], cwd=project_dir,
+                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+        started.append((Service(name, f"http://{HOST}:{ports[name]}", health[name], process.pid, str(log)), process))
+    try:
+        for service, process in started:
+            _wait_until_up(service, process, timeout)
+    except StackError:
+        for service, _ in started:
+            _stop(service)
+        raise
+    services = [*running.values(), *(s for s, _ in started)]
+    _write(project_dir, services)
+    return services
+
+
+def _wait_until_up(service: Service, process: subprocess.Popen, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if service.answers():
+            return
+        if process.poll() is not None:
+            raise StackError(f"the {service.name} server exited with code {process.returncode}; see {service.log}")
+        time.sleep(0.5)
+    raise StackError(f"the {service.name} server did not answer {service.url} within {timeout:.0f} s; see {service.log}")
+
+
+def _write(project_dir: Path, services: list[Service]) -> None:
+    path = stack_file(project_dir)
+    partial = path.with_suffix(".tmp")
+    partial.write_text(json.dumps({"services": [asdict(s) for s in services]}, indent=2))
+    partial.replace(path)
+
+
+def _stop(service: Service) -> bool:
+    """Stop a service's process group (SIGTERM, then SIGKILL); whether it was running."""
+    try:
+        os.killpg(service.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(service.pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.2)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(service.pid, signal.SIGKILL)
+    return True
+
+
+def down(project_dir: Path) -> list[tuple[Service, bool]]:
+    """Stop what ``nas up`` started for this project; each service and whether it was still running."""
+    services = read_stack(project_dir)
+    stopped = [(service, _stop(service)) for service in services]
+    stack_file(project_dir).unlink(missing_ok=True)
+    return stopped

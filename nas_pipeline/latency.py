@@ -1,0 +1,159 @@
+"""Latency on the handoff runtime: onnxruntime sessions with pinned threads, the machine they run on, and the
+:class:`~nas_core.latency.ModuleTimer` the search's latency predictor times network parts with.
+
+Every figure is the median milliseconds of ``runs`` calls after ``warmup`` calls, on one execution provider with
+``intra_op_num_threads`` (and one inter-op thread) pinned, so that figures of different models are comparable.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import platform
+import statistics
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from nas_core.latency import LATENCY_FOLDER, LatencyPredictor, LatencyTable, Machine, ModuleTimer
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
+    from torch import nn
+
+    from nas_core.genome import Genome
+
+PROVIDER = "CPUExecutionProvider"
+THREADS = 1  # one intra-op thread: comparable across candidates, and free of the other candidates training
+PART_RUNS, PART_WARMUP = 100, 10  # a part takes microseconds: many calls are cheap and steady the median
+NETWORK_RUNS, NETWORK_WARMUP = 20, 3
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo), else what the platform says."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def machine_of(threads: int = THREADS, provider: str = PROVIDER) -> Machine:
+    """This machine as latency figures name it."""
+    import onnxruntime as ort
+
+    return Machine(cpu_model(), os.cpu_count() or 1, f"onnxruntime {ort.__version__}", provider, threads)
+
+
+def open_session(model: Path | bytes, threads: int = THREADS, provider: str = PROVIDER) -> ort.InferenceSession:
+    """An onnxruntime session on ``provider`` with ``threads`` intra-op threads and one inter-op thread."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    options.log_severity_level = 3
+    source = str(model) if isinstance(model, Path) else model
+    return ort.InferenceSession(source, options, providers=[provider])
+
+
+def median_ms(session: ort.InferenceSession, batch_size: int, runs: int, warmup: int = 1) -> float:
+    """Median milliseconds per call of ``session`` on a random batch, after ``warmup`` calls."""
+    spec = session.get_inputs()[0]
+    x = np.random.default_rng(0).random((batch_size, *spec.shape[1:]), dtype=np.float32)
+    feed = {spec.name: x}
+    for _ in range(warmup):
+        session.run(None, feed)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        session.run(None, feed)
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+def part_onnx(module: nn.Module, input_shape: tuple[int, ...]) -> bytes:
+    """A network part as ONNX bytes, with a dynamic batch axis.
+
+    The TorchScript exporter: about 30 ms a part where the handoff's exporter (``dynamo``) takes seconds a network;
+    the predictor's figures (docs/latency.md) are against the handoff's exports.
+    """
+    import torch
+
+    buffer = io.BytesIO()
+    example = torch.zeros((2, *input_shape))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module.eval(), (example,), buffer, dynamo=False, input_names=["input"], output_names=["output"],
+            dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+        )  # fmt: skip
+    return buffer.getvalue()
+
+
+class OnnxTimer:
+    """Times network parts with onnxruntime on this machine (the :class:`ModuleTimer` of a search)."""
+
+    def __init__(self, threads: int = THREADS, provider: str = PROVIDER, runs: int = PART_RUNS, warmup: int = PART_WARMUP):
+        self.threads, self.provider, self.runs, self.warmup = threads, provider, runs, warmup
+        self._machine = machine_of(threads, provider)
+
+    def machine(self) -> Machine:
+        return self._machine
+
+    def time_ms(self, module: nn.Module, input_shape: tuple[int, ...], batch_size: int) -> float:
+        session = open_session(part_onnx(module, input_shape), self.threads, self.provider)
+        return median_ms(session, batch_size, self.runs, self.warmup)
+
+
+def predictor(
+    build: Callable[[Genome], nn.Module],
+    input_shape: tuple[int, ...],
+    project_dir: Path,
+    batch_size: int = 1,
+    timer: ModuleTimer | None = None,
+) -> LatencyPredictor:
+    """The latency predictor of a space's networks on inputs of ``input_shape``, its table cached in the project."""
+    table = LatencyTable(timer or OnnxTimer(), Path(project_dir) / LATENCY_FOLDER, batch_size)
+    return LatencyPredictor(build, input_shape, table)
+
+
+def measure_network_ms(
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    batch_size: int = 1,
+    threads: int = THREADS,
+    runs: int = NETWORK_RUNS,
+    warmup: int = NETWORK_WARMUP,
+) -> float:
+    """A whole network's latency, exported exactly as the handoff exports it (checked, compared with PyTorch)."""
+    from nas_pipeline.onnx_export import export_onnx
+
+    inputs = np.random.default_rng(0).random((4, *input_shape), dtype=np.float32)
+    with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        path = export_onnx(model, Path(folder) / "model.onnx", inputs, {}).path
+        return median_ms(open_session(path, threads), batch_size, runs, warmup)
+
+
+class MeasuredLatency:
+    """A genome's latency measured as a whole (export + onnxruntime): exact, but seconds a genome."""
+
+    source = "measured"
+
+    def __init__(
+        self, build: Callable[[Genome], nn.Module], input_shape: tuple[int, ...], batch_size: int = 1, threads: int = THREADS
+    ):
+        self.build, self.input_shape, self.batch_size, self.threads = build, tuple(input_shape), batch_size, threads
+
+    def machine(self) -> Machine:
+        return machine_of(self.threads)
+
+    def latency_ms(self, genome: Genome) -> float:
+        return measure_network_ms(self.build(genome), self.input_shape, self.batch_size, self.threads)

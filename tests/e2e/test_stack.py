@@ -1,0 +1,111 @@
+"""`nas up` / `nas status` / `nas down` as a user runs them: both servers started for a project, a search that uses
+them, its flow run in the Prefect UI and its runs in the MLflow UI (headless Chromium), then exactly those stopped."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import free_port, make_project
+from tests.e2e.faults import nas_env
+from tests.e2e.test_mlflow_ui import ARTIFACTS, Browser, assert_screenshot, text_has
+
+NAS = [sys.executable, "-m", "flows.cli"]
+
+
+def _nas(project: Path, env: dict[str, str], *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(NAS + list(args), cwd=project, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def _post(url: str, body: dict) -> list[dict]:
+    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - loopback
+        return json.loads(response.read())
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.killpg(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def stack(chromium, tmp_path_factory):
+    """A project with `nas up` running (Chromium asked for first: a missing browser skips before anything boots)."""
+    root = tmp_path_factory.mktemp("stack")
+    project, env = make_project(root / "project"), nas_env(root)
+    env.pop("PREFECT_API_URL", None)
+    ports = {"prefect": free_port(), "mlflow": free_port()}
+    started = _nas(project, env, "up", "--prefect-port", str(ports["prefect"]), "--mlflow-port", str(ports["mlflow"]))
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        yield project, env, {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
+    finally:
+        _nas(project, env, "down")
+
+
+@pytest.fixture(scope="module")
+def searched(stack):
+    project, env, urls = stack
+    proc = _nas(project, env, "search", "--budget", "2", "--population", "2", "--epochs", "1", "--output", "out", "--quiet")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return proc, json.loads((project / "out" / "summary.json").read_text())
+
+
+def test_status_shows_both_servers_answering(stack):
+    project, env, urls = stack
+    proc = _nas(project, env, "status")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"prefect: {urls['prefect']} answers" in proc.stdout and f"mlflow: {urls['mlflow']} answers" in proc.stdout
+
+
+def test_a_search_uses_the_running_servers_and_says_so_first(stack, searched):
+    _, _, urls = stack
+    proc, summary = searched
+    first = proc.stderr.splitlines()[0]  # progress and notes go to stderr, the results to stdout
+    assert f"Prefect: {urls['prefect']}/api" in first and f"MLflow: {urls['mlflow']}" in first
+    assert summary["mlflow_tracking_uri"] == urls["mlflow"]
+    client = MlflowClient(urls["mlflow"])
+    assert {client.get_run(c["mlflow_run_id"]).info.status for c in summary["candidates"]} == {"FINISHED"}
+    assert "View run" not in proc.stdout + proc.stderr, "MLflow's per-run links stay off the terminal"
+
+
+def test_the_prefect_and_mlflow_uis_show_the_search(stack, searched, chromium, tmp_path):
+    _, _, urls = stack
+    _, summary = searched
+    flow_runs = _post(f"{urls['prefect']}/api/flow_runs/filter", {"limit": 50})
+    flow_run = next(r for r in flow_runs if r["parameters"].get("search_id") == summary["search_id"])
+    assert flow_run["state_type"] == "COMPLETED"
+    tasks = _post(f"{urls['prefect']}/api/task_runs/filter", {"flow_runs": {"id": {"any_": [flow_run["id"]]}}, "limit": 200})
+    assert sum(t["name"].startswith("train_candidate") for t in tasks) == 2
+    client = MlflowClient(urls["mlflow"])
+    candidate_names = sorted(client.get_run(c["mlflow_run_id"]).info.run_name for c in summary["candidates"])
+    browser = Browser(chromium, tmp_path / "profile")
+    try:
+        browser.open(f"{urls['prefect']}/runs/flow-run/{flow_run['id']}")
+        browser.wait_for(text_has(flow_run["name"]), f"the flow run {flow_run['name']} in the Prefect UI")
+        assert_screenshot(browser.screenshot(ARTIFACTS / "prefect-ui-flow-run.png"))
+        experiment = client.get_run(summary["mlflow_run_id"]).info.experiment_id
+        browser.open(f"{urls['mlflow']}/#/experiments/{experiment}/runs/{summary['candidates'][0]['mlflow_run_id']}")
+        browser.wait_for(text_has(candidate_names[0]) + " || " + text_has(candidate_names[1]), "a candidate run in MLflow")
+    finally:
+        browser.close()
+
+
+def test_down_stops_exactly_what_up_started(stack, searched):
+    project, env, _ = stack
+    recorded = json.loads((project / ".nas" / "stack.json").read_text())["services"]
+    assert all(_alive(service["pid"]) for service in recorded)
+    proc = _nas(project, env, "down")
+    assert proc.returncode == 0 and "prefect: stopped" in proc.stdout and "mlflow: stopped" in proc.stdout
+    assert not any(_alive(service["pid"]) for service in recorded)
+    assert _nas(project, env, "status").returncode == 1

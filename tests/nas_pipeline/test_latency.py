@@ -1,0 +1,77 @@
+"""Latency on the real handoff runtime (onnxruntime): the machine named, a part timed, a genome predicted and measured."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from nas_core.genome import Genome
+from nas_core.spaces import create_space
+from nas_pipeline.latency import OnnxTimer, machine_of, measure_network_ms, predictor
+
+SMALL = {
+    "nodes": [
+        {"id": "input", "op": "input"},
+        {"id": "a", "op": "conv", "settings": {"kernel": 3, "channels": 16, "stride": 1}},
+        {"id": "b", "op": "maxpool", "settings": {"kernel": 3, "stride": 2}},
+        {"id": "output", "op": "output"},
+    ],
+    "edges": [["input", "a"], ["a", "b"], ["b", "output"]],
+}
+
+
+def test_the_machine_is_named_by_cpu_cores_runtime_provider_and_threads():
+    import onnxruntime
+
+    machine = machine_of(threads=2)
+    assert machine.cores == os.cpu_count() and machine.threads == 2
+    assert machine.runtime == f"onnxruntime {onnxruntime.__version__}" and machine.provider == "CPUExecutionProvider"
+    assert machine.cpu and machine.cpu in machine.describe()
+    assert machine.key() != machine_of(threads=1).key()
+
+
+@pytest.mark.slow
+def test_a_small_genome_is_predicted_and_measured_on_onnxruntime(tmp_path, single_torch_thread):
+    genome = Genome.from_dict(SMALL)
+    space = create_space("image")
+
+    def build(g):
+        return space.build(g, (1, 8, 8), 10)
+
+    model = predictor(build, (1, 8, 8), tmp_path, timer=OnnxTimer(runs=20, warmup=2))
+    predicted = model.latency_ms(genome)
+    measured = measure_network_ms(build(genome), (1, 8, 8), runs=20)
+    assert 0 < predicted < 1000 and 0 < measured < 1000
+    table = json.loads(model.table.path.read_text())
+    assert table["machine"] == json.loads(json.dumps(machine_of().__dict__))
+    assert len(table["parts"]) == len(model.parts(genome)) + 1 + len({p.output_shape for p in model.parts(genome)})
+    assert all(v > 0 for v in table["parts"].values())
+
+
+@pytest.mark.slow
+def test_a_search_logs_each_candidates_latency_and_names_the_machine(project):
+    from mlflow.tracking import MlflowClient
+
+    from tests.conftest import search_directly
+
+    search = search_directly(project, budget=2, population=2, epochs=1, workers=1, max_latency_ms=1000.0)
+    here = machine_of()
+    ok = [r for r in search.records if r.ok]
+    assert ok and all(r.metrics["latency_ms"] > 0 for r in ok)
+    summary = json.loads((project / "out" / "summary.json").read_text())
+    assert [c["latency_ms"] for c in summary["candidates"] if c["status"] == "ok"] == [r.metrics["latency_ms"] for r in ok]
+    client = MlflowClient(search.tracker.tracking_uri)
+    for record in ok:
+        assert client.get_run(record.mlflow_run_id).data.metrics["latency_ms"] == pytest.approx(record.metrics["latency_ms"])
+    params = client.get_run(search.run_id).data.params
+    assert params["latency.source"] == "predicted" and params["latency.machine_key"] == here.key()
+    assert (params["latency.cpu"], params["latency.cores"]) == (here.cpu, str(here.cores))
+    assert (params["latency.runtime"], params["latency.provider"], params["latency.threads"]) == (
+        here.runtime, here.provider, "1",
+    )  # fmt: skip
+    card = json.loads((project / "out" / "handoff" / "model_card.json").read_text())
+    assert card["latency"]["machine"] == here.describe() and card["latency"]["threads"] == 1
+    assert here.describe() in (project / "out" / "handoff" / "model_card.md").read_text()
+    assert list((project / "latency").glob(f"{here.key()}-b1.json")), "the part table is cached by machine"

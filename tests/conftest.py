@@ -217,15 +217,15 @@ def _which_chromium() -> str | None:
     return next(filter(None, map(shutil.which, CHROMIUM_NAMES)), None)
 
 
-def _apt_install_chromium() -> str:
-    """Install Debian's ``chromium`` package; '' when apt-get succeeded, else why it could not."""
+def apt_install(package: str) -> str:
+    """Install a Debian package (as root, with apt-get); '' when it succeeded, else why it could not."""
     apt = shutil.which("apt-get")
     if apt is None:
         return "apt-get is not available"
     if not hasattr(os, "geteuid") or os.geteuid() != 0:
         return "installing it with apt-get needs root"
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive", "LC_ALL": "C"}  # English messages, matched below
-    install = [apt, "install", "-y", "-q", "--no-install-recommends", "chromium"]
+    install = [apt, "install", "-y", "-q", "--no-install-recommends", package]
     try:
         done = subprocess.run(install, env=env, capture_output=True, text=True, timeout=900)
         if done.returncode != 0 and ("Unable to locate package" in done.stderr or "no installation candidate" in done.stderr):
@@ -235,7 +235,7 @@ def _apt_install_chromium() -> str:
         return f"'{' '.join(map(str, exc.cmd))}' timed out"
     if done.returncode != 0:
         lines = done.stderr.strip().splitlines() or ["no output"]
-        return f"'apt-get install chromium' failed: {([line for line in lines if line.startswith('E:')] or lines)[-1]}"
+        return f"'apt-get install {package}' failed: {([line for line in lines if line.startswith('E:')] or lines)[-1]}"
     return ""
 
 
@@ -243,7 +243,7 @@ def _apt_install_chromium() -> str:
 def chromium() -> str:
     """Path of a Chromium binary; Debian's ``chromium`` package is installed (as root, with apt-get) when missing."""
     binary = _which_chromium()
-    why = "" if binary else _apt_install_chromium()
+    why = "" if binary else apt_install("chromium")
     binary = binary or _which_chromium()
     if binary is None:
         why = why or "not on PATH after apt-get"

@@ -23,7 +23,7 @@ import psycopg
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import free_port, make_project
+from tests.conftest import apt_install, free_port, make_project
 from tests.e2e.faults import candidate_runs, check_search_completed, nas_env, start_search, wait_for
 from tests.e2e.test_faults_concurrency import _two_at_once, check_champion_story
 from tests.e2e.test_mlflow_concurrent_logging import (
@@ -56,31 +56,9 @@ def _bindir() -> Path | None:
     return next((folder for folder in found if (folder / "initdb").is_file() and (folder / "pg_ctl").is_file()), None)
 
 
-def _apt_install_postgresql() -> str:
-    """Install Debian's ``postgresql`` package; '' when apt-get succeeded, else why it could not."""
-    apt = shutil.which("apt-get")
-    if apt is None:
-        return "apt-get is not available"
-    if os.geteuid() != 0:
-        return "installing it with apt-get needs root"
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive", "LC_ALL": "C"}  # English messages, matched below
-    install = [apt, "install", "-y", "-q", "--no-install-recommends", "postgresql"]
-    try:
-        done = subprocess.run(install, env=env, capture_output=True, text=True, timeout=900)
-        if done.returncode != 0 and ("Unable to locate package" in done.stderr or "no installation candidate" in done.stderr):
-            subprocess.run([apt, "update", "-q"], env=env, capture_output=True, text=True, timeout=600)  # no package lists yet
-            done = subprocess.run(install, env=env, capture_output=True, text=True, timeout=900)
-    except subprocess.TimeoutExpired as exc:
-        return f"'{' '.join(map(str, exc.cmd))}' timed out"
-    if done.returncode != 0:
-        lines = done.stderr.strip().splitlines() or ["no output"]
-        return f"'apt-get install postgresql' failed: {([line for line in lines if line.startswith('E:')] or lines)[-1]}"
-    return ""
-
-
 def _bindir_or_skip() -> Path:
     bindir = _bindir()
-    why = "" if bindir else _apt_install_postgresql()
+    why = "" if bindir else apt_install("postgresql")
     bindir = bindir or _bindir()
     if bindir is None:
         why = why or "no initdb after apt-get"

@@ -83,14 +83,13 @@ def run_settings(config: dict[str, Any] | None, config_file: str | None, search_
     """The settings of one scheduled run: ``config_file`` (read now) overridden by ``config``; paths made absolute;
     ``warm_start`` auto unless set."""
     settings = load_config(Path(config_file) if config_file else None, config or {})
-    if "warm_start" not in settings.model_fields_set:
-        settings = load_config(Path(config_file) if config_file else None, {**(config or {}), "warm_start": SCHEDULED_WARM_START})
+    warm = {} if "warm_start" in settings.model_fields_set else {"warm_start": SCHEDULED_WARM_START}
     try:
         _no_output(settings)
     except DeployError as exc:
         raise ConfigError(str(exc)) from None
     project_dir = settings.project_dir.resolve()
-    return settings.model_copy(update={"project_dir": project_dir, "output": project_dir / "outputs" / search_id})
+    return settings.model_copy(update={"project_dir": project_dir, "output": project_dir / "outputs" / search_id, **warm})
 
 
 @flow(name=FLOW_NAME, log_prints=False)

@@ -385,7 +385,9 @@ def search(
         config = config.model_copy(update={"output": out})
     _prefect_environment(config.project_dir, quiet_console=True)  # before anything imports prefect
     from flows.search import search_flow
+    from flows.temporary_server import claim_temporary_server
 
+    claim_temporary_server()
     _log_to(out / SEARCH_LOG)
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # its INFO lines (creating its tables) are not news here
     plan = (

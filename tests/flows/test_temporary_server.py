@@ -1,0 +1,47 @@
+"""The temporary Prefect server of a search gets its port from the operating system, not Prefect's random pick."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+from prefect.server.api.server import SubprocessASGIServer
+from prefect.settings import PREFECT_API_URL, temporary_settings
+
+from flows.temporary_server import claim_temporary_server, free_local_port
+
+
+@pytest.fixture
+def no_temporary_server():
+    """Prefect's registry of servers in this process (the test session's shared one) set aside, then put back."""
+    prior = dict(SubprocessASGIServer._instances)
+    SubprocessASGIServer._instances.clear()
+    yield
+    SubprocessASGIServer._instances.clear()
+    SubprocessASGIServer._instances.update(prior)
+
+
+def test_free_local_port_can_be_bound():
+    port = free_local_port()
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", port))  # raises when the port is taken
+
+
+def test_the_claimed_server_is_the_one_prefect_starts_and_its_port_is_not_in_prefects_random_range(no_temporary_server):
+    with temporary_settings({PREFECT_API_URL: None}):
+        port = claim_temporary_server()
+    assert port is not None
+    server = SubprocessASGIServer()  # what Prefect's client asks for when it needs the temporary server
+    assert server.port == port and not server.running
+    assert port not in SubprocessASGIServer._port_range  # the OS hands out ephemeral ports (32768 and up on Linux)
+
+
+def test_nothing_is_claimed_when_a_server_url_is_set_or_one_is_registered(no_temporary_server):
+    with temporary_settings({PREFECT_API_URL: "http://127.0.0.1:4200/api"}):
+        assert claim_temporary_server() is None
+    assert None not in SubprocessASGIServer._instances
+    existing = SubprocessASGIServer(port=free_local_port())
+    SubprocessASGIServer._instances[None] = existing
+    with temporary_settings({PREFECT_API_URL: None}):
+        assert claim_temporary_server() is None
+    assert SubprocessASGIServer() is existing

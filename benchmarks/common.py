@@ -92,3 +92,36 @@ def median(values: Iterable[float | None]) -> float | None:
     """The median of the values that are not None (None when there are none)."""
     present = [v for v in values if v is not None]
     return statistics.median(present) if present else None
+
+
+# ---- benchmark datasets: the embedded digits, and a generated sequence task ----------------------
+
+SEQUENCE_FILE = "sequences.npz"
+DATASET_SHAPES = {"digits": ("image", (1, 8, 8), 10), "seq": ("sequence", (2, 64), 4)}  # space, input shape, classes
+
+
+def write_sequences(path: Path, n: int = 1200, classes: int = 4, channels: int = 2, length: int = 64, seed: int = 0) -> Path:
+    """A seeded sequence task: channel 0 is a noisy sine whose frequency the class sets; the others are noise."""
+    import numpy as np  # here: the other benchmarks import this module without needing numpy up front
+
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, classes, n)
+    t = np.arange(length) / length
+    frequency = 3.0 + 0.75 * y[:, None]
+    phase, amplitude = rng.uniform(0, 2 * np.pi, (n, 1)), rng.uniform(0.5, 1.5, (n, 1))
+    x = rng.normal(0.0, 1.2, (n, channels, length))
+    x[:, 0, :] += amplitude * np.sin(2 * np.pi * frequency * t + phase)
+    np.savez(path, x=x.astype(np.float32), y=y.astype(np.int64))
+    return path
+
+
+def dataset_flags(name: str, project: Path) -> list[str]:
+    """The ``nas search`` flags of a benchmark dataset (the sequence file is written on first use)."""
+    if name == "digits":
+        return ["--dataset", "digits"]
+    if name == "seq":
+        path = project / SEQUENCE_FILE
+        if not path.exists():
+            write_sequences(path)
+        return ["--dataset", f"npz:{path}"]
+    raise SystemExit(f"unknown dataset '{name}' (known: digits, seq)")

@@ -102,6 +102,7 @@ def breakdown(summary: dict[str, Any], wall: float) -> dict[str, float | None]:
         "per_candidate_outside_fit": outside_fit,  # summed over candidates: they overlap in time
         "train_seconds_sum": _total([_number(c, "train_seconds") for c in candidates]),
         "candidate_count": float(len(candidates)),
+        "latency_prediction": _number(timings, "latency_prediction"),  # inside propose and candidates
     }
 
 
@@ -142,6 +143,12 @@ def print_report(result: dict[str, float | None], title: str, console: Console |
         console.print(
             f"per candidate outside fit: {mean:.2f} s on average (summed over workers: {per_candidate:.1f} s; "
             f"target < {TARGET_PER_CANDIDATE:g} s: {verdict})"
+        )
+    latency = result.get("latency_prediction")
+    if latency is not None and count:
+        console.print(
+            f"latency prediction: {latency:.2f} s ({_share(latency, wall)} of wall, {latency / count:.3f} s per candidate; "
+            "inside propose and candidates, timing new parts included)"
         )
     share = result.get("overhead_share")
     if share is None:

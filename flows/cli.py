@@ -140,6 +140,7 @@ def _load_search_config(config_file: Path | None, overrides: dict[str, Any]):
 
     try:  # the source is there and the space fits its inputs (no --space: image or sequence, by the data)
         config = fit_space_to_data(config)
+        _check_latency_provider(config)  # the space is known now: whether the search times latencies
         if config.table_path is None:  # then its data is read and checked: bad data is bad input, found before the search
             read_source(config.dataset, config.data_root, config.download)
     except DatasetError as exc:
@@ -170,6 +171,23 @@ def _check_places(config) -> None:
         check_places(search_places(config))
     except NotWritable as exc:
         raise UsageProblem(str(exc)) from None
+
+
+def _check_latency_provider(config) -> None:
+    """A search that times latencies (a trained image or sequence space) needs its ``latency_provider`` here:
+    onnxruntime would quietly fall back to the CPU, and the figures would name a provider they were not timed on."""
+    from nas_core.latency import LATENCY_SPACES
+
+    if config.table_path is not None or config.space not in LATENCY_SPACES:
+        return
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if config.latency_provider not in available:
+        raise UsageProblem(
+            f"latency_provider '{config.latency_provider}' is not available here (available: {', '.join(available)}); "
+            "pass one of them as --latency-provider"
+        )
 
 
 def _genome_or_usage(path: Path, read):
@@ -211,6 +229,7 @@ def _resumed_config(target: str, config_file: Path | None, overrides: dict[str, 
     if (folder / "summary.json").exists():
         raise UsageProblem(f"search {saved['search_id']} in '{folder}' already finished (summary.json exists); nothing to resume")
     _check_places(config)
+    _check_latency_provider(config)  # the saved one: this machine may lack it
     from nas_core.search.proposing import Proposer
 
     restore = Proposer(config, folder, resume=True).load_state  # the strategy's state is checked by loading it
@@ -259,6 +278,8 @@ def _print_summary(summary: SearchSummary) -> None:
     print(f"summary: {summary.folder / 'summary.json'}")
     if not best or best.onnx_path:
         none = "the time budget ended before any candidate finished" if not summary.candidates else "every candidate failed"
+        if summary.ok_candidates:  # trained, yet none qualifies: over max_latency_ms when measured
+            none = "no candidate met max_latency_ms when its network was measured (see docs/latency.md)"
         print(f"ONNX model: {best.onnx_path if best else f'(none: {none})'}")
     if best and best.final_run_id and summary.final:
         final = summary.final
@@ -270,7 +291,20 @@ def _print_summary(summary: SearchSummary) -> None:
     if best and best.registry:
         reg = best.registry
         print(f"model registry: {reg['model_uri']}, {'champion' if reg['promoted'] else 'not promoted'} ({reg['reason']})")
+    champion = bool(best and best.registry and best.registry["promoted"])
+    for model in summary.pareto or ():
+        print(_pareto_line(model, champion and model["best"]))
     print(f"MLflow runs: {summary.mlflow_ui}")
+
+
+def _pareto_line(model: dict[str, Any], champion: bool) -> str:
+    """One handed-over model of the front: accuracy, measured (and predicted) latency, registry version and aliases."""
+    aliases = ", ".join((["champion"] if champion else []) + model["aliases"]) or "no alias"
+    return (
+        f"pareto model: val_acc {model['val_accuracy']:.4f}, {model['measured_latency_ms']:.4g} ms at batch "
+        f"{model['latency_batch']} (predicted {model['predicted_latency_ms']}), models:/{model['registered_model']}/"
+        f"{model['registry_version']} ({aliases}) -> {model['handoff_path']}"
+    )
 
 
 def _parse_gates(texts: list[str] | None, summary_md: Path | None) -> list[Gate]:

@@ -172,6 +172,11 @@ class SearchConfig(BaseModel):
     latency_threads: int = Field(
         1, ge=1, le=MAX_WORKERS, description="onnxruntime intra-op threads latencies are timed with (pinned, one inter-op)"
     )
+    latency_provider: str = Field(
+        "CPUExecutionProvider",
+        description="onnxruntime execution provider latencies are predicted and measured on (CPUExecutionProvider, "
+        "CUDAExecutionProvider, ...); it must be one onnxruntime lists on the machine that searches",
+    )
     hparams: dict[str, list[Any]] | None = Field(
         None, description="training hyperparameters searched with the architecture: a YAML mapping such as {lr: [0.001, 0.01]}"
     )
@@ -203,9 +208,9 @@ class SearchConfig(BaseModel):
     )
     prior: Literal["none", "synflow", "naswot"] = Field(
         "none",
-        description="none, or a zero-cost proxy (synflow or naswot) scored on every architecture of a listable space "
-        "(nb201) before the search, cached in project_dir/proxies/; the strategy starts from the best-scored ones "
-        "(bo also models the scores)",
+        description="none, or a zero-cost proxy (synflow or naswot) scored before the search on every architecture of "
+        "a listable space (nb201), or on a seeded pool of 256 of a larger one, cached in project_dir/proxies/; the "
+        "strategy starts from the best-scored ones (bo also models the scores)",
     )
     early_stop: Literal["none", "median"] = Field(
         "none",
@@ -228,6 +233,19 @@ class SearchConfig(BaseModel):
     )
     max_accuracy_drop: float = Field(
         0.005, ge=0, le=1, description="quantize: the most test accuracy the int8 model may lose (0.005: half a point)"
+    )
+    export: Literal["best", "pareto"] = Field(
+        "best",
+        description="best: hand over the best model; pareto: also the models on the final accuracy/latency front (up "
+        "to pareto_limit), each exported, checked, registered (aliases fastest and under_<X>ms) with its own bundle",
+    )
+    pareto_limit: int = Field(
+        5, ge=2, le=50, description="export pareto: the most models handed over from the front, the best included"
+    )
+    export_latency_ms: tuple[float, ...] = Field(
+        (),
+        description="export pareto: latency targets in milliseconds, comma-separated (e.g. 2,5): the most accurate "
+        "exported model measured under each gets the alias under_<X>ms",
     )
     warm_start: str = Field(
         "none",
@@ -278,6 +296,21 @@ class SearchConfig(BaseModel):
         seconds = parse_duration(value)  # a ValueError says what is wrong
         return value if isinstance(value, str) else f"{seconds:g}s"
 
+    @field_validator("export_latency_ms", mode="before")
+    @classmethod
+    def _latency_targets(cls, value: Any) -> Any:
+        """``2``, ``"2,5"`` or ``[2, 5]``: positive milliseconds, ascending, each once."""
+        if value is None:
+            return ()
+        items = value.split(",") if isinstance(value, str) else value if isinstance(value, list | tuple) else [value]
+        try:
+            targets = sorted({float(item) for item in items if str(item).strip()})
+        except (TypeError, ValueError):
+            raise ValueError(f"must be milliseconds, comma-separated (e.g. 2,5), got {value!r}") from None
+        if any(not math.isfinite(t) or t <= 0 for t in targets):
+            raise ValueError(f"must be positive milliseconds, got {value!r}")
+        return tuple(targets)
+
     @field_validator("warm_start")
     @classmethod
     def _warm_start_mode(cls, value: str) -> str:
@@ -311,6 +344,10 @@ class SearchConfig(BaseModel):
             raise ValueError(f"latency is predicted for the {' and '.join(LATENCY_SPACES)} spaces, not '{self.space}'")
         if wants_latency and self.table_path is not None:
             raise ValueError("the table evaluator trains nothing to time: drop --max-latency-ms and latency_ms")
+        if self.export == "pareto" and (self.space not in LATENCY_SPACES or self.table_path is not None):
+            raise ValueError(f"export pareto needs latency: the {' and '.join(LATENCY_SPACES)} spaces, trained (not a table)")
+        if self.export_latency_ms and self.export != "pareto":
+            raise ValueError("export_latency_ms names tiers of the exported front: add --export pareto")
         if cost and self.strategy != "nsga2" and getattr(self, limit) is None:
             raise ValueError(
                 f"objective {cost} with strategy {self.strategy} needs its limit --{limit.replace('_', '-')} "
@@ -392,12 +429,14 @@ class SearchConfig(BaseModel):
 SETTING_GROUPS: dict[str, tuple[str, ...]] = {
     "Data": ("dataset", "data_root", "download"),
     "Search": ("strategy", "space", "budget", "time_budget", "population", "seed", "init_genome", "min_nodes",
-               "max_nodes", "max_params", "max_flops", "max_latency_ms", "objectives", "latency_batch", "latency_threads"),
+               "max_nodes", "max_params", "max_flops", "max_latency_ms", "objectives", "latency_batch", "latency_threads",
+               "latency_provider"),
     "Training": ("epochs", "batch_size", "optimizer", "lr", "weight_decay", "hparams", "augment", "precision"),
     "Fast evaluation": ("fidelity", "min_epochs", "max_epochs", "eta", "schedule", "proxy", "proxy_keep", "prior",
                         "early_stop"),
     "Tabular benchmark": ("evaluator", "select_metric", "report_metric"),
-    "Final model": ("final_epochs", "final_splits", "quantize", "max_accuracy_drop"),
+    "Final model": ("final_epochs", "final_splits", "quantize", "max_accuracy_drop", "export", "pareto_limit",
+                    "export_latency_ms"),
     "Memory": ("warm_start", "seed_genomes"),
     "Execution": ("workers", "runner", "dask_address", "device", "candidates_per_gpu", "candidate_timeout",
                   "tracking_timeout"),
@@ -500,13 +539,6 @@ def _table_space(space: str) -> bool:
     return hasattr(SPACES[space](), "arch_string")
 
 
-def _listable_space(space: str) -> bool:
-    """Whether ``space`` lists its architectures (``enumerate`` gives them, not None)."""
-    from nas_core.spaces import SPACES
-
-    return bool(getattr(SPACES[space](), "enumerate", lambda: None)())
-
-
 def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> SearchConfig:
     """Defaults, then the YAML file at ``path``, then ``overrides`` (flags; None values are ignored)."""
     values: dict[str, Any] = {}
@@ -542,8 +574,6 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
     looked_up = config.fidelity != "none" or config.proxy != "none" or config.final_epochs or config.early_stop != "none"
     if config.table_path is not None and looked_up:
         raise ConfigError("the table evaluator looks results up: drop --fidelity, --proxy, --early-stop and --final-epochs")
-    if config.prior != "none" and not _listable_space(config.space):
-        raise ConfigError(f"prior needs a space that can be listed (nb201), not '{config.space}'; drop --prior")
     if config.proxy == "none" and config.proxy_keep < 1:
         raise ConfigError("proxy_keep needs a proxy to rank proposals by (add --proxy naswot or --proxy synflow)")
     return config

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from nas_core.data.preparation import PreparedData
 from nas_core.search.ports import ExportOutcome, ExportRequest, Tracker
 from nas_pipeline.handoff import PREPROCESSING_KEY, preprocessing_metadata, write_search_bundle
-from nas_pipeline.model_registry import register_search_best
-from nas_pipeline.onnx_export import PARITY_SAMPLES, export_onnx
+from nas_pipeline.model_registry import Registration, register_search_best
+from nas_pipeline.onnx_export import PARITY_SAMPLES, ExportReport, export_onnx
+from nas_pipeline.pareto_export import entry, export_front_model, finish_front
 from nas_pipeline.quantization import INT8_FILE, QuantizationReport, quantize_int8
 
 MODEL_FILE = "model.onnx"
@@ -45,12 +47,18 @@ def model_metadata(request: ExportRequest) -> dict[str, str]:
     }
 
 
+def onnx_of(request: ExportRequest, path: Path) -> ExportReport:
+    """The request's model as ONNX at ``path``: checked, compared with PyTorch, its provenance in the metadata."""
+    return export_onnx(request.model, path, parity_inputs(request.data), model_metadata(request))
+
+
 class OnnxExporter:
-    """Exports to ``<output>/model.onnx``, logs it, registers it and writes ``<output>/handoff/``."""
+    """Exports to ``<output>/model.onnx``, logs it, registers it and writes ``<output>/handoff/``; with ``export:
+    pareto``, the front's other models too (:mod:`nas_pipeline.pareto_export`)."""
 
     def export(self, request: ExportRequest, tracker: Tracker) -> ExportOutcome:
         run_id, best = request.search_run_id, request.best
-        report = export_onnx(request.model, request.output / MODEL_FILE, parity_inputs(request.data), model_metadata(request))
+        report = onnx_of(request, request.output / MODEL_FILE)
         tracker.log_artifact(run_id, report.path, "model")
         tracker.log_metrics(run_id, {"onnx_max_abs_diff": report.max_abs_diff})
         tracker.set_tags(run_id, {"best_run_id": best.mlflow_run_id, "best_hash": best.hash})
@@ -58,7 +66,22 @@ class OnnxExporter:
         registration = register_search_best(request, report.path, tracker.tracking_uri)
         handoff = write_search_bundle(request, report, registration, tracker.tracking_uri, int8)
         quantization = int8.to_dict() if int8 else None
-        return ExportOutcome(report.path, report.max_abs_diff, report.samples, registration.to_dict(), handoff, quantization)
+        front = self._front(request, tracker, entry(request, report, registration, handoff)) if request.front is not None else ()
+        return ExportOutcome(
+            report.path, report.max_abs_diff, report.samples, registration.to_dict(), handoff, quantization, front
+        )
+
+    @staticmethod
+    def _front(request: ExportRequest, tracker: Tracker, best: dict[str, Any]) -> tuple[dict[str, Any], ...]:
+        """Hand over the front's other models like the best, then time them all and set the aliases."""
+
+        def bundle(own: ExportRequest, report: ExportReport, registration: Registration) -> Path:
+            return write_search_bundle(own, report, registration, tracker.tracking_uri)
+
+        entries = [best]
+        for member in request.front or ():
+            entries.append(export_front_model(request, member, tracker, onnx_of, bundle))
+        return finish_front(request, entries, tracker)
 
     @staticmethod
     def _quantize(request: ExportRequest, model: Path, tracker: Tracker) -> QuantizationReport:

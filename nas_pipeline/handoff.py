@@ -1,9 +1,10 @@
 """Handoff bundle: a folder that needs nothing of this project to classify images with a search's best model.
 
 ``<dest>/``: ``model.onnx`` (a copy of the search's), ``model_card.json`` and ``model_card.md`` (input, exact
-preprocessing, classes, metrics with the dataset version, genome and hash, size, onnxruntime latency, code
-version, provenance), ``predict.py`` (numpy + onnxruntime only), ``requirements.txt`` and, when known,
-``example_input.npy`` (a few test images with their labels and predictions in the card).
+preprocessing, classes, metrics with the dataset version, genome and hash, size, onnxruntime latency as measured
+and, when the search predicted it, as predicted, code version, provenance), ``predict.py`` (numpy + onnxruntime
+only), ``requirements.txt`` and, when known, ``example_input.npy`` (a few test images with their labels and
+predictions in the card).
 
 Written at the end of every search (``<output>/handoff/``) and by ``nas export``, which rebuilds it from a
 finished search's stored outputs without changing them.
@@ -25,10 +26,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from nas_core.latency import LATENCY_METRIC
 from nas_core.provenance import TAG_PREFIX, Provenance
 from nas_core.provenance import code_version as provenance_code_version
 from nas_core.search.summary import SUMMARY_FILE, SearchSummary, SummaryError
-from nas_pipeline.latency import machine_of, median_ms, open_session
+from nas_pipeline.latency import NETWORK_RUNS, NETWORK_WARMUP, PROVIDER, machine_of, median_ms, open_session
 
 if TYPE_CHECKING:
     from nas_core.search.ports import ExportRequest
@@ -44,7 +46,7 @@ HANDOFF_DIR = "handoff"  # inside a search's output folder
 PREDICT_TEMPLATE = Path(__file__).with_name("predict_template.py")
 PREPROCESSING_KEY = "nas.preprocessing"  # ONNX metadata: {"mean": [...], "std": [...], "input_range": [lo, hi], "resize": ...}
 LATENCY_BATCH_SIZES = (1, 8, 64)
-LATENCY_RUNS = 5
+LATENCY_RUNS, LATENCY_WARMUP = NETWORK_RUNS, NETWORK_WARMUP  # as the latency benchmark measures whole networks
 LATENCY_THREADS = 1  # pinned, as the search's latency predictor times with: the card's figures compare with it
 EXAMPLE_SIZE = 8
 METRIC_KEYS = ("val_accuracy", "val_f1", "test_accuracy", "test_f1")
@@ -69,6 +71,38 @@ class Preprocessing:
 
 
 @dataclass(frozen=True)
+class PredictedLatency:
+    """The search's predicted latency of the model (``latency_ms``), and the settings it was predicted with."""
+
+    ms: float
+    batch_size: int  # latency_batch
+    provider: str = PROVIDER  # latency_provider
+    threads: int = LATENCY_THREADS  # latency_threads
+
+    @classmethod
+    def predicted(cls, metrics: dict[str, Any], request: ExportRequest) -> PredictedLatency | None:
+        """From a candidate's metrics and the settings of the search exporting it; None when it predicted none."""
+        value = metrics.get(LATENCY_METRIC)
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            return None
+        return cls(float(value), request.latency_batch, request.latency_provider, request.latency_threads)
+
+    @classmethod
+    def of(cls, metrics: dict[str, Any], config: dict[str, Any] | None) -> PredictedLatency | None:
+        """From a candidate's metrics and its search's settings (``search.json``'s ``config``); None when the search
+        predicted no latency or its settings are unknown."""
+        value = metrics.get(LATENCY_METRIC)
+        if not isinstance(value, int | float) or isinstance(value, bool) or config is None:
+            return None
+        from nas_core.config import SearchConfig
+
+        def setting(name: str) -> Any:  # searches from before a setting existed ran with its default
+            return config.get(name, SearchConfig.model_fields[name].default)
+
+        return cls(float(value), int(setting("latency_batch")), str(setting("latency_provider")), int(setting("latency_threads")))
+
+
+@dataclass(frozen=True)
 class CardInputs:
     """Everything the model card says that the ONNX file itself does not."""
 
@@ -87,6 +121,7 @@ class CardInputs:
     registry: dict[str, Any] | None = None
     provenance: dict[str, str] = field(default_factory=dict)  # Provenance.tags(): the same keys as the ONNX metadata
     quantization: dict[str, Any] | None = None  # the int8 report (QuantizationReport.to_dict), when asked for
+    predicted_latency: PredictedLatency | None = None  # the search's prediction, when it made one
 
 
 # ---- measurements -------------------------------------------------------------------------------------------------
@@ -95,15 +130,17 @@ def measure_latency(
     batch_sizes: tuple[int, ...] = LATENCY_BATCH_SIZES,
     runs: int = LATENCY_RUNS,
     threads: int = LATENCY_THREADS,
+    provider: str = PROVIDER,
 ) -> dict[str, Any]:
-    """Median onnxruntime (CPU) milliseconds per call for each batch size, after one warm-up call, on ``threads``
-    pinned intra-op threads; the machine (CPU, cores, runtime, provider, threads) is named with the figures."""
-    session = open_session(Path(model_path), threads)
+    """Median onnxruntime milliseconds per call for each batch size, after warm-up calls, on ``provider`` with
+    ``threads`` pinned intra-op threads; the machine (CPU, cores, runtime, provider, threads) is named with the figures.
+    The provider named is the one the session runs on (onnxruntime falls back to the CPU for one it does not have)."""
+    session = open_session(Path(model_path), threads, provider)
     per_batch = []
     for size in batch_sizes:
-        median = median_ms(session, size, runs)
+        median = median_ms(session, size, runs, LATENCY_WARMUP)
         per_batch.append({"batch_size": size, "median_ms": round(median, 4), "per_input_ms": round(median / size, 4)})
-    machine = machine_of(threads)
+    machine = machine_of(threads, session.get_providers()[0])
     return {
         "runtime": machine.runtime,
         "provider": machine.provider,
@@ -220,7 +257,7 @@ def build_model_card(
             "flops": inputs.flops,
             "flops_note": "for one input, counted by torch.utils.flop_counter",
         },
-        "latency": latency,
+        "latency": {**latency, "predicted": _predicted_section(inputs.predicted_latency, latency)},
         "quantization": inputs.quantization,
         "example": example,
         "provenance": {
@@ -231,6 +268,44 @@ def build_model_card(
             "tags": inputs.provenance,
         },
     }
+
+
+def _predicted_section(predicted: PredictedLatency | None, latency: dict[str, Any]) -> dict[str, Any] | None:
+    """The search's predicted latency beside the measured one at its batch size, with the relative error
+    ``(predicted - measured) / measured``; None without a prediction. No error when the two were timed on different
+    providers or threads: such figures do not compare."""
+    if predicted is None:
+        return None
+    measured = next((r["median_ms"] for r in latency["per_batch"] if r["batch_size"] == predicted.batch_size), None)
+    comparable = (latency["provider"], latency["threads"]) == (predicted.provider, predicted.threads)
+    error = (predicted.ms - measured) / measured if comparable and measured else None
+    return {
+        "batch_size": predicted.batch_size,
+        "predicted_ms": predicted.ms,
+        "measured_ms": measured,
+        "relative_error": None if error is None else round(error, 4),
+        "provider": predicted.provider,
+        "threads": predicted.threads,
+        "source": "the search's latency predictor (timed parts of the network, docs/latency.md)",
+    }
+
+
+def _predicted_lines(predicted: dict[str, Any] | None) -> list[str]:
+    """The card's line on the search's prediction (nothing without one)."""
+    if predicted is None:
+        return []
+    measured = "not measured" if predicted["measured_ms"] is None else f"{predicted['measured_ms']:.4f} ms measured"
+    error = predicted["relative_error"]
+    compared = (
+        f"relative error {error:+.1%} ((predicted - measured) / measured)"
+        if error is not None
+        else f"not compared (predicted on {predicted['provider']}, {predicted['threads']} thread(s))"
+    )
+    return [
+        f"Predicted by the search at batch size {predicted['batch_size']}: {predicted['predicted_ms']:.4f} ms per call; "
+        f"{measured}; {compared}.",
+        "",
+    ]
 
 
 def _resize_text(resize: dict[str, Any] | None, size: str) -> str:
@@ -358,6 +433,7 @@ def render_markdown(card: dict[str, Any]) -> str:
         "| --- | --- | --- |",
         *[f"| {r['batch_size']} | {r['median_ms']:.3f} | {r['per_input_ms']:.4f} |" for r in lat["per_batch"]],
         "",
+        *_predicted_lines(lat.get("predicted")),
         *_quantization_lines(card.get("quantization")),
         "## Use it",
         "",
@@ -404,6 +480,14 @@ def _example_section(model_path: Path, example: np.ndarray, labels: list[str] | 
     return {"file": EXAMPLE_FILE, "labels": labels, "predicted": [classes[int(k)] for k in logits.argmax(axis=1)]}
 
 
+def _measure_for(model: Path, predicted: PredictedLatency | None) -> dict[str, Any]:
+    """The card's latency: at its batch sizes (and the prediction's), on the prediction's provider and threads."""
+    if predicted is None:
+        return measure_latency(model)
+    sizes = tuple(sorted({*LATENCY_BATCH_SIZES, predicted.batch_size}))
+    return measure_latency(model, sizes, threads=predicted.threads, provider=predicted.provider)
+
+
 def write_bundle(
     onnx_path: Path,
     inputs: CardInputs,
@@ -440,7 +524,7 @@ def write_bundle(
             np.save(tmp / EXAMPLE_FILE, example)
             section = _example_section(model, example, example_labels, inputs.classes)
         created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        card = build_model_card(inputs, model, measure_latency(model), code_version(), created, section)
+        card = build_model_card(inputs, model, _measure_for(model, inputs.predicted_latency), code_version(), created, section)
         (tmp / CARD_JSON).write_text(json.dumps(card, indent=2) + "\n")
         (tmp / CARD_MD).write_text(render_markdown(card))
         os.chmod(tmp, 0o755)
@@ -488,6 +572,7 @@ def write_search_bundle(
         },
         registry=registration.to_dict() if registration else None,
         quantization=int8.to_dict() if int8 else None,
+        predicted_latency=PredictedLatency.predicted(best.metrics, request),
     )
     labels = [data.classes[int(k)] for k in data.y["test"][:EXAMPLE_SIZE]]
     for leftover in request.output.glob(f".{HANDOFF_DIR}.*"):  # half-written bundles of a killed export
@@ -510,6 +595,14 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise HandoffError(f"{path} is not a JSON object")
     return data
+
+
+def _best_candidate(summary: SearchSummary) -> dict[str, Any]:
+    """The best's row among the summary's candidates, with its logged metrics (``latency_ms``); {} when none is."""
+    best = summary.best
+    assert best is not None
+    rows = (c for c in summary.candidates if (c.get("hash"), c.get("mlflow_run_id")) == (best.hash, best.mlflow_run_id))
+    return next(rows, {})
 
 
 def _preprocessing(stored: dict[str, Any]) -> Preprocessing:
@@ -619,6 +712,7 @@ def card_inputs_from_output(folder: Path) -> tuple[CardInputs, Path]:
         onnx_max_abs_diff=best.onnx_max_abs_diff,
         mlflow={"tracking_uri": summary.mlflow_tracking_uri, **{k: v for k, v in run_ids.items() if v is not None}},
         registry=best.registry,
+        predicted_latency=PredictedLatency.of(_best_candidate(summary), saved.get("config")),
     )
     return inputs, model
 

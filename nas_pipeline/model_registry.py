@@ -41,6 +41,7 @@ INPUT_EXAMPLE_SIZE = 5
 # mlflow.onnx.log_model reads the process-wide tracking URI: one registration at a time in this process (and, through
 # store_lock, one at a time per model on this machine, so "read the champion, register, move the alias" never interleaves).
 _REGISTRY_LOCK = threading.Lock()
+NOT_A_CANDIDATE = "handed over beside the search's best (Pareto front): the champion alias follows the best"
 
 
 def registered_model_name(dataset: str) -> str:
@@ -188,8 +189,10 @@ def register_onnx(
     input_example: np.ndarray,
     facts: ModelFacts,
     name: str | None = None,
+    promote: bool = True,
 ) -> Registration:
-    """Log ``onnx_path`` under ``run_id``, register it as a new version of ``name`` and move the alias if it wins."""
+    """Log ``onnx_path`` under ``run_id``, register it as a new version of ``name`` and move the alias if it wins
+    (never, with ``promote`` False: a model handed over beside the best, e.g. of the Pareto front)."""
     import mlflow
     import mlflow.onnx
     import onnx
@@ -229,7 +232,7 @@ def register_onnx(
                 tags=facts.tags(),
             )
         version = str(info.registered_model_version)
-        promoted, reason = decide(facts, champion)
+        promoted, reason = decide(facts, champion) if promote else (False, NOT_A_CANDIDATE)
         if promoted:
             _retry(lambda: client.set_registered_model_alias(name, CHAMPION_ALIAS, version))
         outcome = {"promoted": str(promoted).lower(), ("promotion_reason" if promoted else "not_promoted_reason"): reason}
@@ -248,8 +251,20 @@ def register_onnx(
     )
 
 
-def register_search_best(request: ExportRequest, onnx_path: Path, tracking_uri: str) -> Registration:
-    """Register a search's exported model (already written to ``onnx_path``) under the search's parent run."""
+def set_aliases(tracking_uri: str, name: str, aliases: dict[str, str]) -> None:
+    """Point each alias of registered model ``name`` at its version (e.g. ``fastest``), under the registry lock."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    with _REGISTRY_LOCK, store_lock(tracking_uri, f"registered model {name}"), _fluent_tracking_uri(tracking_uri):
+        client = MlflowClient(tracking_uri, registry_uri=mlflow.get_registry_uri())
+        for alias, version in aliases.items():
+            _retry(lambda a=alias, v=version: client.set_registered_model_alias(name, a, str(v)))
+
+
+def register_search_best(request: ExportRequest, onnx_path: Path, tracking_uri: str, promote: bool = True) -> Registration:
+    """Register a search's exported model (already written to ``onnx_path``) under the search's parent run; with
+    ``promote`` False it never becomes the champion."""
     provenance = request.provenance
     facts = ModelFacts(
         dataset=provenance.dataset,
@@ -261,4 +276,4 @@ def register_search_best(request: ExportRequest, onnx_path: Path, tracking_uri: 
         provenance=provenance,
     )
     example = request.data.x["test"][:INPUT_EXAMPLE_SIZE]
-    return register_onnx(tracking_uri, request.search_run_id, onnx_path, example, facts)
+    return register_onnx(tracking_uri, request.search_run_id, onnx_path, example, facts, promote=promote)

@@ -38,7 +38,7 @@ def build_search(
         exporter=OnnxExporter(),
         reporter=HtmlReporter(),
         observer=observer,
-        latency_timer=OnnxTimer(config.latency_threads),
+        latency_timer=OnnxTimer(config.latency_threads, provider=config.latency_provider),
     )
 
 

@@ -361,8 +361,11 @@ def _latest_per_architecture(candidates: Sequence[Mapping[str, Any]]) -> list[Ma
     return sorted(chosen.values(), key=lambda c: c.get("index", 0))
 
 
-def accuracy_vs_cost_png(candidates: Sequence[Mapping[str, Any]], path: Path, cost: str = "params") -> Path:
-    """Validation accuracy against ``cost`` (``params`` or ``flops``), the Pareto front highlighted."""
+def accuracy_vs_cost_png(
+    candidates: Sequence[Mapping[str, Any]], path: Path, cost: str = "params", marked: Mapping[str, str] | None = None
+) -> Path:
+    """Validation accuracy against ``cost`` (``params``, ``flops`` or ``latency_ms``), the Pareto front highlighted;
+    ``marked`` (hash -> label) stars those architectures and writes their labels beside them."""
     figure, ax = _chart(6.0, 3.4)
     entries = [c for c in _latest_per_architecture(candidates) if _number(c.get(cost)) is not None]
     colours = _fidelity_colours(entries or [{}])
@@ -378,6 +381,15 @@ def accuracy_vs_cost_png(candidates: Sequence[Mapping[str, Any]], path: Path, co
                    zorder=4)  # fmt: skip
     else:
         _no_data(ax, f"no successful candidate with {cost}")
+    stars = [c for c in entries if c.get("hash") in (marked or {})]
+    if stars:
+        ax.scatter([c[cost] for c in stars], [c["val_accuracy"] for c in stars], s=90, marker="*", color="#ff7f0e",
+                   edgecolors="black", linewidths=0.5, label="handed over", zorder=5)  # fmt: skip
+        middle = sum(ax.get_xlim()) / 2
+        for c in stars:
+            right = c[cost] > middle  # labels on the right half go to the left of their star, inside the axes
+            ax.annotate(marked[c["hash"]], (c[cost], c["val_accuracy"]), textcoords="offset points",
+                        xytext=(-6 if right else 6, -10), ha="right" if right else "left", fontsize=_FONT - 2)  # fmt: skip
     failed = [float(c[cost]) for c in candidates if not _ok(c) and _number(c.get(cost)) is not None]
     _mark_failed(ax, failed)
     costs = [p[0] for p in points] + failed
@@ -486,11 +498,17 @@ def lineage_png(candidates: Sequence[Mapping[str, Any]], path: Path) -> Path:
 
 
 def search_plots(summary: SearchSummary, folder: Path) -> dict[str, Path]:
-    """best_so_far.png, accuracy_vs_cost.png and lineage.png of a search's summary, written into ``folder``."""
+    """best_so_far.png, accuracy_vs_cost.png and lineage.png of a search's summary, written into ``folder``; with
+    an exported front (``export: pareto``), accuracy_vs_latency.png with the handed-over models starred."""
     folder = Path(folder)
     candidates = list(summary.candidates)
-    return {
+    drawn = {
         "best_so_far": best_so_far_png(candidates, folder / "best_so_far.png"),
         "accuracy_vs_cost": accuracy_vs_cost_png(candidates, folder / "accuracy_vs_cost.png"),
         "lineage": lineage_png(candidates, folder / "lineage.png"),
     }
+    if summary.pareto:
+        marked = {m["hash"]: ", ".join((["best"] if m["best"] else []) + m["aliases"]) for m in summary.pareto}
+        path = folder / "accuracy_vs_latency.png"
+        drawn["accuracy_vs_latency"] = accuracy_vs_cost_png(candidates, path, "latency_ms", marked)
+    return drawn

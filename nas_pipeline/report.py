@@ -287,6 +287,27 @@ def _number_cell(html: str, value: Any) -> str:
     return f'<td class="num" data-sort="{"" if number is None else repr(number)}">{html}</td>'
 
 
+def _pareto_section(summary: SearchSummary) -> str:
+    """The models handed over from the accuracy/latency front (``export: pareto``), fastest first; empty without."""
+    if not summary.pareto:
+        return ""
+    head = "".join(f"<th>{h}</th>" for h in ("hash", "val acc", "test acc", "predicted ms", "measured ms", "version", "aliases"))
+    rows = []
+    for m in summary.pareto:
+        aliases = ", ".join((["best"] if m["best"] else []) + m["aliases"])
+        cells = (_cell(escape(m["hash"][:12])), _number_cell(_accuracy(m["val_accuracy"]), m["val_accuracy"]),
+                 _number_cell(_accuracy(m["test_accuracy"]), m["test_accuracy"]),
+                 _number_cell(_fixed(m["predicted_latency_ms"]), m["predicted_latency_ms"]),
+                 _number_cell(_fixed(m["measured_latency_ms"]), m["measured_latency_ms"]),
+                 _cell(escape(str(m["registry_version"]))), _cell(escape(aliases)))  # fmt: skip
+        rows.append(f"<tr>{''.join(cells)}</tr>")
+    batch = summary.pareto[0]["latency_batch"]
+    return (
+        f"<h2>Handed over: the accuracy/latency front</h2><p>latency in milliseconds per call at batch {batch}, "
+        f"measured on the exported ONNX models</p><table><tr>{head}</tr>{''.join(rows)}</table>"
+    )
+
+
 def _candidates_section(summary: SearchSummary) -> str:
     candidates = summary.candidates
     best_run = summary.best.mlflow_run_id if summary.best else None
@@ -364,6 +385,7 @@ _SEARCH_CAPTIONS = {
     "best_so_far": "validation accuracy over time; the line is the best so far",
     "accuracy_vs_cost": "accuracy vs parameters; circled: the Pareto front",
     "lineage": "lineage: which parent produced which child",
+    "accuracy_vs_latency": "accuracy vs predicted latency; circled: the front; starred: the models handed over",
 }
 
 
@@ -385,12 +407,13 @@ def write_report(
     with tempfile.TemporaryDirectory(prefix="nas-report-") as scratch:
         folder = Path(scratch)
         search = plots.search_plots(summary, folder)
-        figures = "".join(_figure(search[key], caption) for key, caption in _SEARCH_CAPTIONS.items())
+        figures = "".join(_figure(search[key], caption) for key, caption in _SEARCH_CAPTIONS.items() if key in search)
         body = [
             f"<h1>NAS search {escape(search_id)}</h1>",
             _summary_section(summary),
             _architecture_section(summary, output, folder),
             f'<h2>Search</h2><div class="figures">{figures}</div>',
+            _pareto_section(summary),
             _curves_section(summary, histories or {}, folder),
             _candidates_section(summary),
             f"<p><small>written {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC from {escape(str(output))}</small></p>",

@@ -1,13 +1,16 @@
-"""A zero-cost proxy over a whole listable space, computed once and cached as a JSON file.
+"""A zero-cost proxy over a whole listable space (or a seeded sample of a larger one), computed once, cached as JSON.
 
 Every architecture of a space that can be listed (``space.enumerate()``: one genome per identity; NAS-Bench-201 has
 6,466) is built once, seeded, and scored at initialisation by a registered proxy on a data-free batch: a seeded
 standard-normal batch of the table's input shape (``batch_size`` samples; synflow uses only its shape, NASWOT its
 activation patterns). No dataset is needed, so one table serves a tabular benchmark and real training alike.
+A space too large to list (the image and sequence spaces) is scored on a pool instead: ``sample`` distinct
+architectures drawn with the key's seed; the table then also holds their genomes, so a strategy can propose them.
 
 A table is keyed by :class:`ProxyTableKey` (space and its options, input shape, classes, proxy, seed, batch size,
-:data:`FORMAT_VERSION`); its file name carries a hash of the key, and the file holds the key, the scores by identity
-and a SHA-256 checksum of both. A file whose key or checksum does not match is computed again.
+pool size, :data:`FORMAT_VERSION`); its file name carries a hash of the key, and the file holds the key, the scores
+by identity (and the pool's genomes) and a SHA-256 checksum of all of it. A file whose key or checksum does not
+match is computed again.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import json
 import math
 import multiprocessing
 import os
+import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -52,6 +56,7 @@ class ProxyTableKey:
     batch_size: int = 16
     space_options: dict[str, Any] = field(default_factory=dict)
     version: int = FORMAT_VERSION
+    sample: int = 0  # 0: every architecture of a listable space; N: a pool of N distinct architectures drawn with seed
 
     @classmethod
     def of(cls, space: SearchSpace, input_shape: Sequence[int], num_classes: int, proxy: str, **options: Any) -> ProxyTableKey:
@@ -62,7 +67,10 @@ class ProxyTableKey:
         return cls(space.name, tuple(int(v) for v in input_shape), int(num_classes), proxy, space_options=fields, **options)
 
     def to_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "input_shape": list(self.input_shape)}
+        data = {**dataclasses.asdict(self), "input_shape": list(self.input_shape)}
+        if not self.sample:
+            del data["sample"]  # a whole-space key reads as before pools existed: cached tables and digests stay valid
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ProxyTableKey:
@@ -78,31 +86,38 @@ class ProxyTableKey:
 
 @dataclass(frozen=True)
 class ProxyTable:
-    """Proxy scores by identity (higher is better; ``-inf`` where the proxy gave no finite score)."""
+    """Proxy scores by identity (higher is better; ``-inf`` where the proxy gave no finite score); for a pool (a
+    sampled key), the genome of each identity as well."""
 
     key: ProxyTableKey
     scores: dict[str, float]
     seconds: float = 0.0  # how long computing it took
+    genomes: dict[str, dict[str, Any]] = field(default_factory=dict)  # identity -> genome JSON (pools only)
 
     @property
     def checksum(self) -> str:
-        """SHA-256 of the key and the scores (non-finite scores as null)."""
-        return _checksum(self.key.to_dict(), _jsonable(self.scores))
+        """SHA-256 of the key, the scores (non-finite scores as null) and a pool's genomes."""
+        return _checksum(self.key.to_dict(), _jsonable(self.scores), self.genomes)
+
+    def pool(self) -> dict[str, Genome]:
+        """The genome of each identity of a pool (empty for a whole listable space: the space lists them)."""
+        return {identity: Genome.from_dict(genome) for identity, genome in self.genomes.items()}
 
     def to_dict(self) -> dict[str, Any]:
         scores = _jsonable(self.scores)
         key = self.key.to_dict()
-        return {"key": key, "checksum": _checksum(key, scores), "seconds": self.seconds, "scores": scores}
+        data = {"key": key, "checksum": _checksum(key, scores, self.genomes), "seconds": self.seconds, "scores": scores}
+        return data | ({"genomes": self.genomes} if self.genomes else {})
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ProxyTable:
         """A table from its JSON form; a ProxyTableError when the checksum does not match the content."""
         try:
-            key, scores = data["key"], data["scores"]
-            if _checksum(key, scores) != data["checksum"]:
+            key, scores, genomes = data["key"], data["scores"], dict(data.get("genomes") or {})
+            if _checksum(key, scores, genomes) != data["checksum"]:
                 raise ProxyTableError("its checksum does not match its content")
             values = {h: -math.inf if s is None else float(s) for h, s in scores.items()}
-            return cls(ProxyTableKey.from_dict(key), values, float(data.get("seconds", 0.0)))
+            return cls(ProxyTableKey.from_dict(key), values, float(data.get("seconds", 0.0)), genomes)
         except (KeyError, TypeError, AttributeError) as exc:
             raise ProxyTableError(f"it is not a proxy table ({type(exc).__name__}: {exc})") from None
 
@@ -132,8 +147,9 @@ def _jsonable(scores: Mapping[str, float]) -> dict[str, float | None]:
     return {h: (float(s) if math.isfinite(s) else None) for h, s in sorted(scores.items())}
 
 
-def _checksum(key: Mapping[str, Any], scores: Mapping[str, Any]) -> str:
-    return hashlib.sha256(_canonical({"key": key, "scores": scores}).encode()).hexdigest()
+def _checksum(key: Mapping[str, Any], scores: Mapping[str, Any], genomes: Mapping[str, Any] | None = None) -> str:
+    content = {"key": key, "scores": scores} | ({"genomes": genomes} if genomes else {})
+    return hashlib.sha256(_canonical(content).encode()).hexdigest()
 
 
 # ---- scoring -----------------------------------------------------------------------------------
@@ -170,8 +186,9 @@ def _score_chunk(genomes: list[dict[str, Any]]) -> list[float]:
 
 
 def compute_table(space: SearchSpace, key: ProxyTableKey, processes: int = 1, progress: Progress | None = None) -> ProxyTable:
-    """Score every architecture of ``space`` (``processes`` > 1: a pool of spawned processes, one thread each)."""
-    genomes = listing(space)
+    """Score every architecture of ``space``, or the key's pool of it (``processes`` > 1: a pool of spawned processes,
+    one thread each)."""
+    genomes = sampled_pool(space, key.sample, key.seed) if key.sample else listing(space)
     identities = [space.identity(g) for g in genomes]
     start = time.perf_counter()
     scores: list[float] = []
@@ -190,7 +207,8 @@ def compute_table(space: SearchSpace, key: ProxyTableKey, processes: int = 1, pr
                 scores += chunk
                 if progress is not None:
                     progress(len(scores), len(genomes))
-    return ProxyTable(key, dict(zip(identities, scores, strict=True)), time.perf_counter() - start)
+    pool = {h: g.to_dict() for h, g in zip(identities, genomes, strict=True)} if key.sample else {}
+    return ProxyTable(key, dict(zip(identities, scores, strict=True)), time.perf_counter() - start, pool)
 
 
 def listing(space: SearchSpace) -> list[Genome]:
@@ -199,6 +217,17 @@ def listing(space: SearchSpace) -> list[Genome]:
     if not everything:
         raise ProxyTableError(f"space '{space.name}' cannot be listed: a proxy table needs a listable space (e.g. nb201)")
     return list(everything)
+
+
+def sampled_pool(space: SearchSpace, size: int, seed: int) -> list[Genome]:
+    """Up to ``size`` architectures of distinct identities, drawn from ``space`` with ``seed`` (the same ones every time)."""
+    rng, found = random.Random(seed), {}
+    for _ in range(size * 20):  # a small space runs out of new identities: stop drawing eventually
+        if len(found) >= size:
+            break
+        genome = space.sample(rng)
+        found.setdefault(space.identity(genome), genome)
+    return list(found.values())
 
 
 def load_or_compute(

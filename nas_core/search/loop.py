@@ -35,12 +35,14 @@ from nas_core.search.clock import STOP_INTERRUPTED, SearchClock
 from nas_core.search.closing import close_evaluation, close_final, close_killed, close_recovery
 from nas_core.search.execution import Evaluate, Stage, Stopwatch, evaluate_here, run_inline
 from nas_core.search.final import FINAL_ROLE, RECOVERY_ROLE, FinalStage, FinalTraining, WeightsRecovery, exported_metrics
+from nas_core.search.front import FRONT_DIR, FrontWeights, choose, front_of
 from nas_core.search.identity import context_key
 from nas_core.search.memory import EvaluationMemory, StoredEvaluation
 from nas_core.search.ports import (
     DataStore,
     ExportOutcome,
     ExportRequest,
+    FrontModel,
     MemoryTracker,
     ModelExporter,
     ModelExportError,
@@ -107,6 +109,7 @@ class Search:
         self.candidates_spent: float | None = None  # the clock when the search stopped proposing
         self.by_hash: dict[str, Evaluation] = {}  # each architecture's longest evaluation
         self.best_weights: dict[str, Any] | None = None  # of best() only
+        self.front = FrontWeights(self.output) if config.export == "pareto" else None  # the front's weights, to export
         training = FinalTraining(config.final_epochs, config.final_splits) if config.final_epochs else None
         self.finalist = FinalStage(training, self.output)
         self.killed_on_resume = 0
@@ -412,6 +415,8 @@ class Search:
             if weights is not None:
                 files.save_tensors_atomic(self.output / files.WEIGHTS_FILE, {"hash": evaluation.hash, "weights": weights})
             self.best_weights = weights
+        if self.front is not None and evaluation.ok:
+            self.front.offer(evaluation, weights, self.records)
         self.write_checkpoint()
         close_evaluation(self.tracker, evaluation, self.table is not None or not evaluation.trained)
         best = self.best()
@@ -466,9 +471,13 @@ class Search:
             return self.best()
 
     def best(self) -> Evaluation | None:
-        """The best evaluation so far: of this search, or one a warm start told it (then its weights are retrained)."""
-        finished = [r for r in (*self.told, *self.records) if r.ok]
-        return max(finished, key=Evaluation.best_key) if finished else None
+        """The best evaluation so far: of this search, or one a warm start told it (then its weights are retrained).
+
+        With ``max_latency_ms``, the best that meets the limit when its network is measured (proposals were only
+        screened by the predicted latency).
+        """
+        finished = sorted((r for r in (*self.told, *self.records) if r.ok), key=Evaluation.best_key, reverse=True)
+        return next((r for r in finished if self.proposer.meets_latency_limit(r.genome)), None)
 
     # ---- final training and export ----------------------------------------------------------------
     def current_final(self) -> FinalModel | None:
@@ -534,10 +543,30 @@ class Search:
         best, final = self.best(), self.current_final()
         assert best is not None and self.provenance is not None and self.data is not None
         provenance = self.provenance.for_model(best.hash, best.mlflow_run_id, final.run_id if final else None)
+        config = self.config
         return ExportRequest(
             self.best_model(), best, self.exported_metrics(), provenance, self.data, self.output, self.run_id,
-            self.config.quantize, self.config.max_accuracy_drop,
+            config.quantize, config.max_accuracy_drop, self.front_models(best), config.export_latency_ms,
+            config.latency_batch, config.latency_threads, config.latency_provider,
         )  # fmt: skip
+
+    def front_models(self, best: Evaluation) -> tuple[FrontModel, ...] | None:
+        """``export: pareto``: the chosen front members other than the best, with their kept weights (fastest first);
+        None without ``export: pareto``."""
+        if self.front is None or self.data is None:
+            return None
+        front = self.front
+        kept = [e for e in front_of(self.records) if front.has(e.hash)]
+        chosen = choose(kept, best, self.config.pareto_limit, self.config.export_latency_ms)
+        data, models = self.data, []
+        for evaluation in (e for e in chosen if e.hash != best.hash):
+            weights = front.weights(evaluation.hash)
+            if weights is None:  # damaged or gone: the others are still handed over
+                continue
+            model = self.space.build(evaluation.genome, data.input_shape, data.num_classes, data.mean, data.std)
+            model.load_state_dict(weights)
+            models.append(FrontModel(model.eval(), evaluation))
+        return tuple(models)
 
     def export(self) -> ExportOutcome | None:
         """Export the best model through the exporter (ONNX, registry and handoff bundle in the pipeline).
@@ -585,6 +614,8 @@ class Search:
         self.timings["finish"] = time.monotonic() - finishing
         elapsed = round(time.monotonic() - self.started, 2)
         timings = {**{k: round(v, 3) for k, v in self.timings.items()}, "total": elapsed}
+        if self.proposer.latency is not None:  # inside propose and candidates: not a stage of its own
+            timings["latency_prediction"] = round(self.proposer.latency_seconds, 3)
         summary = SearchSummary(**{**summary.__dict__, "elapsed_seconds": elapsed, "timings": timings})
         self.tracker.log_metrics(self.run_id, {f"seconds_{k}": v for k, v in timings.items()})
         self.tracker.log_artifact(self.run_id, summary.write(self.output))
@@ -596,6 +627,7 @@ class Search:
         if self.owns_run:
             self.tracker.end_run(self.run_id, ok)
         shutil.rmtree(self.output / files.CHECKPOINTS_DIR, ignore_errors=True)  # only needed to continue promoted runs
+        shutil.rmtree(self.output / FRONT_DIR, ignore_errors=True)  # only needed to export the front
         self.finished = summary
         return summary
 
@@ -629,7 +661,7 @@ class Search:
             time_budget_seconds=self.clock.budget_seconds,
             spent_seconds=round(self.candidates_spent if self.candidates_spent is not None else self.clock.spent(), 3),
             device_seconds=round(self.device_seconds(), 3), warm_start=self.warm.to_dict() if self.warm else None,
-            gpus=self.gpus.summary(),
+            gpus=self.gpus.summary(), pareto=outcome.front if outcome and self.front is not None else None,
         )  # fmt: skip
 
     def device_seconds(self) -> float:

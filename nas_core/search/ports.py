@@ -96,6 +96,15 @@ class ExportOutcome:
     registration: dict[str, Any] | None = None
     handoff_path: Path | None = None
     quantization: dict[str, Any] | None = None  # the int8 report (kept or why not), when asked for
+    front: tuple[dict[str, Any], ...] = ()  # export pareto: each handed-over model (the best's entry included)
+
+
+@dataclass(frozen=True)
+class FrontModel:
+    """A model of the accuracy/latency front handed over beside the best (``export: pareto``)."""
+
+    model: nn.Module
+    evaluation: Evaluation
 
 
 @dataclass(frozen=True)
@@ -111,6 +120,11 @@ class ExportRequest:
     search_run_id: str
     quantize: str = "none"  # "int8": also an int8 model, kept within max_accuracy_drop of the float one
     max_accuracy_drop: float = 0.005
+    front: tuple[FrontModel, ...] | None = None  # export pareto: the chosen front members other than the best
+    latency_targets: tuple[float, ...] = ()  # export pareto: the under_<X>ms aliases, in milliseconds
+    latency_batch: int = 1  # how the search predicted latencies: the card and the front are measured the same way
+    latency_threads: int = 1
+    latency_provider: str = "CPUExecutionProvider"
 
 
 class ModelExporter(Protocol):

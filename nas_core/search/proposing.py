@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,10 +34,12 @@ from nas_core.search.scheduling import FidelitySchedule, MedianStopping, MultiFi
 from nas_core.search.setup import space_options
 from nas_core.spaces import SearchSpace, create_space
 from nas_core.strategies import CandidateResult, Strategy, create_strategy
+from nas_core.strategies.base import listed
 
 # tabular benchmarks (NAS-Bench-201) are on CIFAR-10: their costs are computed for its inputs
 TABLE_INPUT_SPEC: tuple[tuple[int, ...], int] = ((3, 32, 32), 10)
 PRIOR_FOLDER = "proxies"  # under the project folder: cached proxy tables, shared by every search of the project
+PRIOR_SAMPLE = 256  # architectures scored for the prior of a space that cannot be listed (a seeded pool)
 PRIOR_SEED = 0  # the proxy table's initialisation seed: one table per space, input shape and proxy, whatever the search seed
 
 log = logging.getLogger(__name__)
@@ -66,6 +69,8 @@ class Proposer:
         if config.cost_objective and hasattr(self.strategy, "cost_metric"):  # nsga2 minimises it beside accuracy
             self.strategy.cost_metric = config.cost_objective
         self.latency_timer = latency_timer
+        self.latency_seconds = 0.0  # spent predicting and measuring latencies, for the overhead figures
+        self._measured: dict[str, float] = {}  # identity -> whole network timed (max_latency_ms: the best's check)
         self.latency: GenomeLatency | None = None  # once bound to the data's input shape
         self.fidelity: FidelitySchedule = (
             MultiFidelity(Rungs(config.min_epochs, config.top_epochs, config.eta, config.schedule))
@@ -97,15 +102,18 @@ class Proposer:
 
     def use_prior(self, input_spec: tuple[tuple[int, ...], int]) -> None:
         """Give the strategy the ``prior`` proxy's table of the space for these inputs (loaded, or computed and cached
-        under the project's ``proxies/`` folder); its file and checksum go into the proposer's state."""
-        key = ProxyTableKey.of(self.space, *input_spec, self.config.prior, seed=PRIOR_SEED)
+        under the project's ``proxies/`` folder): every architecture of a listable space, else a seeded pool of
+        :data:`PRIOR_SAMPLE`. Its file and checksum go into the proposer's state."""
+        sample = 0 if listed(self.space) else PRIOR_SAMPLE
+        key = ProxyTableKey.of(self.space, *input_spec, self.config.prior, seed=PRIOR_SEED, sample=sample)
         folder = Path(self.config.project_dir) / PRIOR_FOLDER
 
         def progress(done: int, total: int) -> None:
             log.info("prior %s: %d/%d architectures scored", key.proxy, done, total)
 
-        table, path = load_or_compute(self.space, key, folder, processes=min(2, os.cpu_count() or 1), progress=progress)
-        self.strategy.use_prior(table.scores)
+        processes = 1 if sample else min(2, os.cpu_count() or 1)  # a pool scores in seconds: spawning would cost more
+        table, path = load_or_compute(self.space, key, folder, processes=processes, progress=progress)
+        self.strategy.use_prior(table.scores, table.pool())
         self.prior = {"proxy": key.proxy, "file": str(path), "checksum": table.checksum}
         log.info("prior %s from %s (checksum %s)", key.proxy, path, table.checksum)
 
@@ -140,7 +148,30 @@ class Proposer:
         """The genome's predicted latency on the handoff runtime (milliseconds per call at ``latency_batch``)."""
         if self.latency is None:
             raise ConfigError("latency needs a timer for the handoff runtime (the pipeline's search has one)")
-        return self.latency.latency_ms(genome)
+        started = time.perf_counter()
+        try:
+            return self.latency.latency_ms(genome)
+        finally:
+            self.latency_seconds += time.perf_counter() - started
+
+    def measured_latency_ms(self, genome: Genome) -> float:
+        """The genome's whole network timed on the handoff runtime at ``latency_batch`` (once per identity)."""
+        key = self.space.identity(genome)
+        if key not in self._measured:
+            assert self.latency_timer is not None
+            started = time.perf_counter()
+            shape, classes = self.input_spec
+            network = self.space.build(genome, shape, classes)
+            self._measured[key] = float(self.latency_timer.time_ms(network, shape, self.config.latency_batch))
+            self.latency_seconds += time.perf_counter() - started
+            log.info("%s: %.4f ms measured, %.4f ms predicted", key[:8], self._measured[key], self.latency_ms(genome))
+        return self._measured[key]
+
+    def meets_latency_limit(self, genome: Genome) -> bool:
+        """Whether the genome's network meets ``max_latency_ms`` when measured (the prediction only screened the
+        proposals: only candidates that may win are measured). True without a limit or a timer."""
+        limit = self.config.max_latency_ms
+        return limit is None or self.latency is None or self.measured_latency_ms(genome) <= limit
 
     def latency_metrics(self, genome: Genome) -> dict[str, float]:
         """``{"latency_ms": ...}`` of this machine for a candidate's metrics, or nothing without a latency model."""

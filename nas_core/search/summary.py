@@ -104,6 +104,7 @@ class SearchSummary:
     device_seconds: float = 0.0  # wall seconds of the evaluations it trained (candidates, final and recovery)
     warm_start: dict[str, Any] | None = None  # what it took from earlier searches (WarmStart)
     gpus: dict[str, Any] | None = None  # busy share per GPU; with candidates_per_gpu auto, the counts tried
+    pareto: tuple[dict[str, Any], ...] | None = None  # export pareto: the handed-over front, fastest first
     format: int = SUMMARY_FORMAT
 
     @property
@@ -117,6 +118,7 @@ class SearchSummary:
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["candidates"] = list(self.candidates)
+        data["pareto"] = list(self.pareto) if self.pareto is not None else None
         return {"format": self.format, **{k: v for k, v in data.items() if k != "format"}}
 
     @classmethod
@@ -129,6 +131,7 @@ class SearchSummary:
             best = data.get("best")
             values["best"] = BestModel(**best) if best else None
             values["candidates"] = tuple(data.get("candidates", ()))
+            values["pareto"] = tuple(data["pareto"]) if data.get("pareto") is not None else None
             return cls(**values)
         except (KeyError, TypeError) as exc:
             raise SummaryError(f"summary.json lacks or misnames a field: {exc}") from None

@@ -108,17 +108,20 @@ class Strategy:
         self._rejected: set[str] = set()  # identities that break the constraint (derived, not state)
         self.prior: dict[str, float] = {}  # identity -> prior score, higher is better (given again on resume, not state)
         self.prior_pool = PRIOR_POOL
+        self._prior_genomes: dict[str, Genome] = {}  # identity -> genome of a scored pool (a space that cannot be listed)
         self._prior_ranking: list[tuple[str, Genome]] | None = None  # derived from the prior
 
-    def use_prior(self, scores: Mapping[str, float]) -> None:
+    def use_prior(self, scores: Mapping[str, float], genomes: Mapping[str, Genome] | None = None) -> None:
         """Take a score per identity known before any evaluation (higher is better; e.g. a zero-cost proxy table).
 
         In the base, each random sample becomes a prior draw: a random unseen genome among the ``prior_pool``
-        best-scored architectures of the listable space (origin ``prior``); subclasses may use the scores more
-        (see their docstrings). On a space that cannot be listed, or with no scored identity, nothing changes.
+        best-scored architectures (origin ``prior``): those of the listable space, or, for a space that cannot be
+        listed, of ``genomes`` (identity -> genome: a scored pool). Subclasses may use the scores more (see their
+        docstrings). With no scored genome to draw from, nothing changes.
         The prior is not part of :meth:`state_dict`: on resume, give it again (before or after loading the state).
         """
         self.prior = {h: float(s) for h, s in scores.items() if not math.isnan(float(s))}
+        self._prior_genomes = dict(genomes or {})
         self._prior_ranking = None
 
     def _prior_proposal(self) -> Proposal | None:
@@ -126,7 +129,8 @@ class Strategy:
         if not self.prior:
             return None
         if self._prior_ranking is None:
-            scored = [(h, g) for h, g in listed(self.space) if h in self.prior]
+            known = listed(self.space) or tuple(self._prior_genomes.items())
+            scored = [(h, g) for h, g in known if h in self.prior]
             self._prior_ranking = sorted(scored, key=lambda entry: -self.prior[entry[0]])  # stable: ties keep list order
         pool: list[Genome] = []
         for identity, genome in self._prior_ranking:

@@ -319,8 +319,8 @@ class BayesianOptimization(Strategy):
             fitness = float(result.fitness) if result.ok else None
             self.observations.append({"genome": result.genome.to_dict(), "hash": result.hash, "fitness": fitness})
 
-    def use_prior(self, scores: Mapping[str, float]) -> None:
-        super().use_prior(scores)
+    def use_prior(self, scores: Mapping[str, float], genomes: Mapping[str, Genome] | None = None) -> None:
+        super().use_prior(scores, genomes)
         ranked = sorted(self.prior, key=self.prior.__getitem__)
         z = copula(np.array([self.prior[h] for h in ranked])) if ranked else np.zeros(0)
         self._prior_z = dict(zip(ranked, z.tolist(), strict=True))

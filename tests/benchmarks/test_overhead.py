@@ -42,6 +42,17 @@ def test_the_report_judges_the_time_per_candidate_outside_fit():
     assert "target < 0.1 s: missed" in out.getvalue()
 
 
+def test_latency_prediction_is_reported_apart_from_the_stages_it_runs_inside():
+    timed = summary()
+    timed["timings"]["latency_prediction"] = 0.4
+    result = overhead.breakdown(timed, wall=20.0)
+    assert result["latency_prediction"] == 0.4 and result["other"] == pytest.approx(1.0), "not counted twice"
+    out = io.StringIO()
+    overhead.print_report(overhead.aggregate([result]), "t", Console(file=out, width=200))
+    assert "latency prediction: 0.40 s (2.0 % of wall, 0.200 s per candidate" in out.getvalue()
+    assert overhead.breakdown(summary(), wall=20.0)["latency_prediction"] is None
+
+
 def test_breakdown_tolerates_missing_keys_and_prints_dashes():
     old = {"elapsed_seconds": 10.0, "candidates": [{"train_seconds": 3.0}]}  # before timings existed
     result = overhead.breakdown(old, wall=12.0)

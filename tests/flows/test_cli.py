@@ -92,6 +92,31 @@ def test_validate_prints_the_hash(workdir, capsys):
     assert "valid genome: 1 ops, 2 edges, hash " in capsys.readouterr().out
 
 
+def test_a_latency_provider_onnxruntime_lacks_is_bad_input_where_latencies_are_timed(workdir, capsys, monkeypatch):
+    import onnxruntime
+
+    err = _bad_input(
+        capsys, ["search", "--latency-provider", "NopeExecutionProvider"], "latency_provider 'NopeExecutionProvider'"
+    )
+    assert "is not available here (available: " in err and "CPUExecutionProvider" in err
+    _nothing_written(workdir)
+    config = cli._load_search_config(None, {"space": "nb201", "latency_provider": "NopeExecutionProvider"})
+    assert config.space == "nb201"  # a space the predictor does not cut: no latency timed, the provider not looked at
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    config = cli._load_search_config(None, {"latency_provider": "CUDAExecutionProvider"})
+    assert (config.space, config.latency_provider) == ("image", "CUDAExecutionProvider")
+    _nothing_written(workdir)
+
+
+def test_a_resume_checks_the_saved_latency_provider_here(workdir, capsys):
+    (workdir / "out").mkdir()
+    saved = {"search_id": "s", "mlflow_run_id": "r", "config": {"latency_provider": "NopeExecutionProvider"}}
+    (workdir / "out" / "search.json").write_text(json.dumps(saved))
+    _bad_input(capsys, ["search", "--resume", "out"], "latency_provider 'NopeExecutionProvider' is not available here")
+    _nothing_written(workdir, {"out"})
+    assert [p.name for p in (workdir / "out").iterdir()] == ["search.json"]
+
+
 def test_help_lists_the_search_flags(capsys):
     assert main(["search", "--help"]) == 0
     out = capsys.readouterr().out

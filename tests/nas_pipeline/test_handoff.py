@@ -25,7 +25,18 @@ from flows.cli import EXIT_USAGE, main
 from nas_core.config import SearchConfig
 from nas_core.search.loop import Search
 from nas_core.search.summary import SearchSummary
-from nas_pipeline.handoff import PREDICT_TEMPLATE, PREPROCESSING_KEY, HandoffError, card_inputs_from_output
+from nas_pipeline.handoff import (
+    PREDICT_TEMPLATE,
+    PREPROCESSING_KEY,
+    CardInputs,
+    HandoffError,
+    PredictedLatency,
+    Preprocessing,
+    build_model_card,
+    card_inputs_from_output,
+    render_markdown,
+    write_bundle,
+)
 from nas_pipeline.pipeline import build_search
 from tests.conftest import REPO_ROOT, make_project
 
@@ -165,6 +176,10 @@ def test_model_card_states_input_preprocessing_metrics_and_provenance(searched):
     assert (arch["params"], arch["flops"]) == (int(best.metrics["params"]), int(best.metrics["flops"]))
     assert [r["batch_size"] for r in c["latency"]["per_batch"]] == [1, 8, 64]
     assert all(r["median_ms"] > 0 for r in c["latency"]["per_batch"])
+    predicted, measured = c["latency"]["predicted"], c["latency"]["per_batch"][0]["median_ms"]
+    assert (predicted["predicted_ms"], predicted["batch_size"]) == (best.metrics["latency_ms"], 1)  # the search's figure
+    assert predicted["measured_ms"] == measured
+    assert predicted["relative_error"] == round((predicted["predicted_ms"] - measured) / measured, 4)
     model = run.output / "handoff" / "model.onnx"
     assert c["model"]["sha256"] == hashlib.sha256(model.read_bytes()).hexdigest()
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout.strip()
@@ -177,6 +192,7 @@ def test_model_card_states_input_preprocessing_metrics_and_provenance(searched):
     md = (run.output / "handoff" / "model_card.md").read_text()
     for text in (run.dataset.version, best.hash, f"mean={run.data.mean}", "must already be 8x8", "| 64 |", head):
         assert text in md
+    assert f"Predicted by the search at batch size 1: {predicted['predicted_ms']:.4f} ms per call" in md
 
 
 @pytest.mark.slow
@@ -254,6 +270,7 @@ def test_nas_export_rebuilds_the_bundle_without_touching_the_search(searched, tm
         assert ours[key] == theirs[key], key
     assert ours["model"]["sha256"] == theirs["model"]["sha256"]
     assert ours["provenance"]["registry"] == theirs["provenance"]["registry"]
+    assert ours["latency"]["predicted"]["predicted_ms"] == theirs["latency"]["predicted"]["predicted_ms"]
     (tmp_path / "empty").mkdir()
     assert main(["export", str(run.output), "--output", str(tmp_path / "empty")]) == 0  # by folder, into an empty one
     assert card(tmp_path / "empty")["architecture"]["hash"] == run.best().hash
@@ -325,3 +342,91 @@ def test_nas_export_bad_input_is_one_line_and_writes_nothing(searched, tmp_path,
     assert not (tmp_path / "new").exists()
     assert (tmp_path / "taken" / "notes.txt").read_text() == "mine"
     assert {p.name for p in tmp_path.iterdir()} == {"unfinished", "taken", "plain"}
+
+
+def test_card_inputs_carry_the_bests_predicted_latency_and_none_for_an_older_search(searched, tmp_path):
+    """The best's latency_ms comes from its row in summary.json; a search from before latency_ms has none."""
+    project, run = searched
+    copy = shutil.copytree(run.output, tmp_path / "copy", ignore=shutil.ignore_patterns("handoff"))
+    inputs, _ = card_inputs_from_output(copy)
+    assert inputs.predicted_latency == PredictedLatency(run.best().metrics["latency_ms"], 1, "CPUExecutionProvider", 1)
+
+    summary = SearchSummary.read(copy)
+    older = tuple({k: v for k, v in row.items() if k != "latency_ms"} for row in summary.candidates)
+    dataclasses.replace(summary, candidates=older).write(copy)
+    inputs, _ = card_inputs_from_output(copy)
+    assert inputs.predicted_latency is None
+    assert main(["export", str(copy), "--output", str(tmp_path / "bundle")]) == 0
+    assert card(tmp_path / "bundle")["latency"]["predicted"] is None
+    assert "Predicted by the search" not in (tmp_path / "bundle" / "model_card.md").read_text()
+
+
+def test_the_predicted_latency_is_read_from_the_metrics_with_the_searchs_settings():
+    assert PredictedLatency.of({"val_accuracy": 0.9}, {"latency_batch": 8}) is None  # no latency_ms: no prediction
+    assert PredictedLatency.of({"latency_ms": 0.5}, None) is None  # settings unknown: the batch size is unknown
+    settings = {"latency_batch": 8, "latency_threads": 2, "latency_provider": "CUDAExecutionProvider"}
+    assert PredictedLatency.of({"latency_ms": 0.5}, settings) == PredictedLatency(0.5, 8, "CUDAExecutionProvider", 2)
+    older = {"latency_batch": 4, "latency_threads": 1}  # before latency_provider: the CPU
+    assert PredictedLatency.of({"latency_ms": 0.5}, older) == PredictedLatency(0.5, 4, "CPUExecutionProvider", 1)
+
+
+def tiny_model(path: Path) -> Path:
+    """An ONNX model of 4 features (identity), enough for a card."""
+    from onnx import TensorProto, helper
+
+    spec = [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", 4]) for name in ("input", "output")]
+    graph = helper.make_graph([helper.make_node("Identity", ["input"], ["output"])], "tiny", spec[:1], spec[1:])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def tiny_inputs(predicted: PredictedLatency | None) -> CardInputs:
+    return CardInputs(
+        search_id="s", dataset="npz:x.npz", dataset_version="v1", classes=["a", "b", "c", "d"],
+        preprocessing=Preprocessing([0.0], [1.0], None), metrics={}, genome={}, hash="0" * 16, params=0, flops=0,
+        predicted_latency=predicted,
+    )  # fmt: skip
+
+
+MEASURED = {
+    "runtime": "onnxruntime 1", "provider": "CPUExecutionProvider", "threads": 1, "machine": "here", "machine_key": "k",
+    "runs": 5, "per_batch": [{"batch_size": 1, "median_ms": 0.04, "per_input_ms": 0.04},
+                             {"batch_size": 8, "median_ms": 0.2, "per_input_ms": 0.025}],
+}  # fmt: skip
+
+
+def test_the_card_shows_the_predicted_latency_beside_the_measured_one(tmp_path):
+    model = tiny_model(tmp_path / "model.onnx")
+    code = {"git_commit": None, "git_dirty": False, "package_version": None}
+
+    def card_of(predicted: PredictedLatency | None) -> tuple[dict, str]:
+        built = build_model_card(tiny_inputs(predicted), model, MEASURED, code, "now")
+        return built, render_markdown(built)
+
+    built, md = card_of(PredictedLatency(0.05, 8))
+    predicted = built["latency"]["predicted"]
+    assert (predicted["batch_size"], predicted["predicted_ms"], predicted["measured_ms"]) == (8, 0.05, 0.2)
+    assert predicted["relative_error"] == pytest.approx((0.05 - 0.2) / 0.2)
+    assert built["latency"]["per_batch"] == MEASURED["per_batch"]  # the measured figures as they were
+    assert "at batch size 8: 0.0500 ms per call; 0.2000 ms measured; relative error -75.0%" in md
+
+    built, md = card_of(PredictedLatency(0.05, 1, threads=4))
+    assert built["latency"]["predicted"]["relative_error"] is None  # predicted on 4 threads, measured on 1: not compared
+    assert "not compared (predicted on CPUExecutionProvider, 4 thread(s))" in md
+
+    built, md = card_of(None)
+    assert built["latency"]["predicted"] is None and "Predicted" not in md
+
+
+def test_the_bundle_measures_at_the_predictions_batch_size_too(tmp_path):
+    model = tiny_model(tmp_path / "model.onnx")
+    write_bundle(model, tiny_inputs(PredictedLatency(0.01, 4)), tmp_path / "with")
+    latency = card(tmp_path / "with")["latency"]
+    assert [r["batch_size"] for r in latency["per_batch"]] == [1, 4, 8, 64]
+    assert latency["predicted"]["measured_ms"] == latency["per_batch"][1]["median_ms"]
+    assert "Predicted by the search at batch size 4" in (tmp_path / "with" / "model_card.md").read_text()
+
+    write_bundle(model, tiny_inputs(None), tmp_path / "without")
+    latency = card(tmp_path / "without")["latency"]
+    assert [r["batch_size"] for r in latency["per_batch"]] == [1, 8, 64] and latency["predicted"] is None
+    assert "Predicted by the search" not in (tmp_path / "without" / "model_card.md").read_text()

@@ -7,7 +7,9 @@ import os
 
 import pytest
 
+from nas_core.config import SearchConfig
 from nas_core.genome import Genome
+from nas_core.latency import LatencyTable
 from nas_core.spaces import create_space
 from nas_pipeline.latency import OnnxTimer, machine_of, measure_network_ms, predictor
 
@@ -30,6 +32,31 @@ def test_the_machine_is_named_by_cpu_cores_runtime_provider_and_threads():
     assert machine.runtime == f"onnxruntime {onnxruntime.__version__}" and machine.provider == "CPUExecutionProvider"
     assert machine.cpu and machine.cpu in machine.describe()
     assert machine.key() != machine_of(threads=1).key()
+
+
+def test_part_tables_of_two_providers_never_mix(tmp_path):
+    """The table is keyed by the machine, its provider included: a CPU figure is never read for CUDA, nor back."""
+    cpu = LatencyTable(OnnxTimer(provider="CPUExecutionProvider"), tmp_path)
+    cuda = LatencyTable(OnnxTimer(provider="CUDAExecutionProvider"), tmp_path)  # named only: nothing is timed here
+    assert cpu.machine.provider == "CPUExecutionProvider" and cuda.machine.provider == "CUDAExecutionProvider"
+    assert cpu.path != cuda.path
+    cpu.times["a part"] = 1.5
+    cpu.save()
+    assert LatencyTable(OnnxTimer(provider="CUDAExecutionProvider"), tmp_path).times == {}
+    assert LatencyTable(OnnxTimer(), tmp_path).times == {"a part": 1.5}  # the default provider is the CPU's
+    cuda.path.write_bytes(cpu.path.read_bytes())  # the CPU's table under the CUDA name: its machine says otherwise
+    assert LatencyTable(OnnxTimer(provider="CUDAExecutionProvider"), tmp_path).times == {}
+
+
+def test_the_search_times_latencies_on_the_configured_provider(project):
+    from nas_pipeline.pipeline import build_search
+
+    config = SearchConfig(
+        project_dir=project, output=project / "out", latency_provider="CUDAExecutionProvider", latency_threads=2
+    )
+    timer = build_search(config, search_id="provider").proposer.latency_timer
+    assert isinstance(timer, OnnxTimer)
+    assert timer.machine() == machine_of(threads=2, provider="CUDAExecutionProvider")
 
 
 @pytest.mark.slow

@@ -127,3 +127,38 @@ def test_a_space_that_cannot_be_listed_is_an_error():
 def test_a_process_pool_gives_the_same_scores():
     space = TinySpace(size=40)
     assert pt.compute_table(space, key("synflow"), processes=2).scores == pt.compute_table(space, key("synflow")).scores
+
+
+# ---- a pool: a seeded sample of a space too large to list ------------------------------------------------------
+
+
+def test_a_pool_of_a_space_that_cannot_be_listed_holds_its_genomes_and_is_the_same_every_time(counted, tmp_path):
+    space = create_space("image", max_nodes=3)
+    pool_key = pt.ProxyTableKey.of(space, (1, 8, 8), 10, "counted", sample=5)
+    table, path = pt.load_or_compute(space, pool_key, tmp_path)
+    assert len(table.scores) == 5 == len(counted) and set(table.genomes) == set(table.scores)
+    assert all(space.identity(genome) == identity for identity, genome in table.pool().items())
+    read = pt.ProxyTable.read(path)
+    assert read.pool().keys() == table.pool().keys() and read.checksum == table.checksum
+    assert pt.compute_table(space, pool_key).genomes == table.genomes  # the seed draws the same pool
+    assert set(pt.compute_table(space, pt.ProxyTableKey.of(space, (1, 8, 8), 10, "counted", sample=5, seed=1)).scores) != set(
+        table.scores
+    )
+
+
+def test_a_pool_genome_changed_in_the_file_fails_the_checksum(counted, tmp_path):
+    space = create_space("image", max_nodes=3)
+    _, path = pt.load_or_compute(space, pt.ProxyTableKey.of(space, (1, 8, 8), 10, "counted", sample=3), tmp_path)
+    data = json.loads(path.read_text())
+    genome = next(iter(data["genomes"].values()))
+    genome["nodes"] = genome["nodes"][:1]
+    path.write_text(json.dumps(data))
+    with pytest.raises(pt.ProxyTableError, match="checksum"):
+        pt.ProxyTable.read(path)
+
+
+def test_a_whole_space_key_has_no_pool_size_in_its_form(counted):
+    """Tables cached before pools existed keep their file names and checksums."""
+    assert "sample" not in key().to_dict() and key(sample=4).to_dict()["sample"] == 4
+    assert pt.ProxyTableKey.from_dict(key().to_dict()) == key() and key(sample=4).file_name() != key().file_name()
+    assert pt.compute_table(TinySpace(size=2), key()).genomes == {}

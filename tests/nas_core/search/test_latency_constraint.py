@@ -16,6 +16,7 @@ from nas_core.strategies import CandidateResult, list_strategies
 from tests.nas_core.test_latency import FakeTimer
 
 INPUT_SPEC = ((1, 8, 8), 10)
+NETWORK_CLASS = "GenomeNet"  # what the image space builds
 POPULATION, GENERATIONS = 4, 3
 
 
@@ -108,3 +109,44 @@ def test_bad_objectives_and_limits_are_refused(settings, message):
 def test_single_objective_strategies_take_a_cost_objective_as_its_limit(strategy):
     config = SearchConfig(strategy=strategy, objectives="val_accuracy,latency_ms", max_latency_ms=0.5)
     assert config.cost_objective == LATENCY_METRIC
+
+
+class WholeNetworks(FakeTimer):
+    """Parts as FakeTimer times them; a whole network (the builder's) at 1 ms per 1,000 parameters."""
+
+    def time_ms(self, module, input_shape, batch_size) -> float:
+        if type(module).__name__ == NETWORK_CLASS:
+            self.calls.append(("network", tuple(input_shape), batch_size))
+            return sum(p.numel() for p in module.parameters()) / 1000
+        return super().time_ms(module, input_shape, batch_size)
+
+
+def conv_genome(channels: int) -> Genome:
+    return Genome.from_dict(
+        {"nodes": [{"id": "input", "op": "input"}, {"id": "output", "op": "output"},
+                   {"id": "n1", "op": "conv", "settings": {"channels": channels, "kernel": 3, "stride": 1}}],
+         "edges": [["input", "n1"], ["n1", "output"]]}
+    )  # fmt: skip
+
+
+def test_the_best_is_the_most_accurate_that_meets_the_limit_when_measured(tmp_path):
+    from nas_core.data.store import LocalDataStore
+    from nas_core.search.loop import Search
+    from nas_core.search.records import Evaluation
+
+    timer = WholeNetworks()
+    config = SearchConfig(project_dir=tmp_path, output=tmp_path / "out", max_latency_ms=5.0)
+    search = Search(config, LocalDataStore(tmp_path / "data"), search_id="t", latency_timer=timer)
+    search.proposer.bind(INPUT_SPEC, None)
+    big, small = conv_genome(64), conv_genome(4)  # the stem and head included: far over and well under 5 ms
+    records = [Evaluation(i, 1, g, "sample", (), (), f"run-{i}", "ok", metrics={"val_accuracy": acc}, hash=f"h{i}")
+               for i, (g, acc) in enumerate([(big, 0.9), (small, 0.8)])]  # fmt: skip
+    search.records = records
+    assert search.best() is records[1], "the more accurate one is over the limit when measured"
+    assert search.proposer.measured_latency_ms(small) < 5.0 < search.proposer.measured_latency_ms(big)
+    networks = [c for c in timer.calls if c[0] == "network"]
+    assert len(networks) == 2
+    search.best()
+    assert len([c for c in timer.calls if c[0] == "network"]) == 2, "each network is measured once"
+    search.records = [records[0]]
+    assert search.best() is None

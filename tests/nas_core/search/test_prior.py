@@ -8,6 +8,7 @@ from nas_core.config import SETTING_GROUPS, ConfigError, load_config
 from nas_core.data.store import LocalDataStore
 from nas_core.evaluation.proxy_table import ProxyTable, ProxyTableKey
 from nas_core.search import checkpoint as files
+from nas_core.search import proposing
 from nas_core.search.loop import Search
 from nas_core.search.ports import MemoryTracker
 from nas_core.search.proposing import PRIOR_FOLDER, PRIOR_SEED, TABLE_INPUT_SPEC
@@ -58,10 +59,27 @@ def test_a_search_with_a_prior_starts_from_the_best_scored_and_records_the_table
     assert json.loads((tmp_path / "plain" / files.STATE_FILE).read_text())["prior"] is None
 
 
-def test_the_setting_is_in_its_group_and_needs_a_listable_space():
+def test_the_setting_is_in_its_group_and_takes_every_space():
     assert "prior" in SETTING_GROUPS["Fast evaluation"]
     assert load_config(overrides={"space": "nb201", "prior": "naswot"}).prior == "naswot"
-    with pytest.raises(ConfigError, match="listed"):
-        load_config(overrides={"space": "image", "prior": "synflow"})
+    assert load_config(overrides={"space": "image", "prior": "synflow"}).prior == "synflow"
     with pytest.raises(ConfigError, match="prior"):
         load_config(overrides={"space": "nb201", "prior": "params"})
+
+
+@pytest.mark.parametrize("strategy", ["evolution", "bo"])
+def test_a_space_that_cannot_be_listed_gets_a_scored_pool_cached_in_the_project(tmp_path, monkeypatch, strategy):
+    monkeypatch.setattr(proposing, "PRIOR_SAMPLE", 12)  # a small pool: real synflow scores, in seconds
+    config = load_config(overrides={"project_dir": tmp_path, "space": "image", "max_nodes": 3, "prior": "synflow",
+                                    "strategy": strategy, "population": 3, "seed": 4})  # fmt: skip
+    proposer = proposing.Proposer(config, tmp_path / "out")
+    proposer.use_prior(((1, 8, 8), 10))
+    (path,) = (tmp_path / PRIOR_FOLDER).iterdir()
+    table = ProxyTable.read(path)
+    assert table.key.sample == 12 and len(table.genomes) == 12 and proposer.prior["checksum"] == table.checksum
+    best = sorted(table.scores, key=lambda h: -table.scores[h])[:PRIOR_POOL]
+    first = proposer.strategy.ask(3)
+    assert all(p.origin == "prior" and p.hash in best for p in first)
+    again = proposing.Proposer(config, tmp_path / "again")
+    again.use_prior(((1, 8, 8), 10))
+    assert again.prior == proposer.prior and [p.hash for p in again.strategy.ask(3)] == [p.hash for p in first]

@@ -12,6 +12,7 @@ import pytest
 from nas_core.genome import Genome
 from nas_core.spaces import create_space, list_spaces
 from nas_core.strategies import STRATEGIES, CandidateResult, RegularizedEvolution, create_strategy, list_strategies
+from nas_core.strategies.base import PRIOR_POOL
 
 POPULATION = 4
 GENERATIONS = 6
@@ -436,9 +437,21 @@ def test_a_prior_on_a_listable_space_gives_the_first_ask_from_the_best_scored(na
     assert [p.hash for p in first] != [p.hash for p in make(name, 32, "nb201").ask(POPULATION)]
 
 
-def test_a_prior_on_a_space_that_cannot_be_listed_leaves_the_random_phase_unchanged(name):
+def test_scores_without_genomes_on_a_space_that_cannot_be_listed_leave_the_random_phase_unchanged(name):
     plain, primed = make(name, 33, "image"), with_prior(name, 33, "image")
     assert [p.hash for p in primed.ask(POPULATION)] == [p.hash for p in plain.ask(POPULATION)]
+
+
+def test_a_scored_pool_on_a_space_that_cannot_be_listed_gives_the_first_ask_from_its_best(name):
+    space = space_of("image")
+    pool = {space.identity(g): g for g in (space.sample(random.Random(i)) for i in range(3 * PRIOR_POOL))}
+    scores = {identity: score(identity[::-1]) for identity in pool}
+    strategy = make(name, 35, "image")
+    strategy.use_prior(scores, pool)
+    best = sorted(scores, key=lambda h: -scores[h])[:PRIOR_POOL]
+    first = strategy.ask(POPULATION)
+    assert all(p.origin == "prior" and p.hash in best for p in first)
+    assert all(space.identity(p.genome) == p.hash for p in first)
 
 
 @pytest.mark.parametrize(("strategy", "space"), PRIOR_PAIRS, ids=PRIOR_IDS)

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
+import socket
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -81,6 +83,24 @@ def nas_search(project: Path, output: Path, flags: Sequence[str]) -> tuple[dict[
     """One ``nas search FLAGS`` into ``output``: its summary.json and the wall time measured around the process."""
     wall = run_nas(project, ["search", "--project-dir", str(project), "--output", str(output), "--quiet", *flags], "nas search")
     return json.loads((output / "summary.json").read_text()), wall
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def running_stack(project: Path) -> Iterator[None]:
+    """``nas up`` in ``project`` (free ports) for the block, ``nas down`` after: searches there use its servers."""
+    ports = ["--prefect-port", str(free_port()), "--mlflow-port", str(free_port())]
+    run_nas(project, ["up", "--project-dir", str(project), *ports], "nas up")
+    try:
+        yield
+    finally:
+        run_nas(project, ["down", "--project-dir", str(project)], "nas down")
 
 
 def report_console() -> Console:

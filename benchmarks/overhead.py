@@ -11,11 +11,13 @@ not covered by any ``fit`` (MLflow runs, data loading, logging, plots, waiting).
 
     python benchmarks/overhead.py                          # the default search: 20 candidates x 12 epochs
     python benchmarks/overhead.py --repeats 3 --json overhead.json
+    python benchmarks/overhead.py --stack                  # with `nas up` running in the scratch project
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
@@ -30,7 +32,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(REPO_ROOT))
 
-from benchmarks.common import environment, median, nas_search, report_console, scratch_project  # noqa: E402
+from benchmarks.common import environment, median, nas_search, report_console, running_stack, scratch_project  # noqa: E402
 
 TARGET_OVERHEAD = 0.05
 TARGET_PER_CANDIDATE = 0.1  # seconds a candidate spends outside its fit (issue 14)
@@ -166,6 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=None, help="candidates in parallel (default: nas search's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=None, help="cpu, cuda or GPU indices (default: nas search's, auto)")
+    parser.add_argument("--stack", action="store_true", help="run the searches with `nas up` running in the project")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
     flags = ["--budget", str(args.budget), "--epochs", str(args.epochs), "--seed", str(args.seed)]
@@ -175,17 +178,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="nas-overhead-") as tmp:
         print("preparing the scratch project ...", file=sys.stderr, flush=True)
         project = scratch_project(Path(tmp))
-        for repeat in range(args.repeats):
-            print(f"search {repeat + 1}/{args.repeats} ...", file=sys.stderr, flush=True)
-            summary, wall = nas_search(project, Path(tmp) / f"run-{repeat}", flags)
-            runs.append(breakdown(summary, wall))
+        with running_stack(project) if args.stack else contextlib.nullcontext():
+            for repeat in range(args.repeats):
+                print(f"search {repeat + 1}/{args.repeats} ...", file=sys.stderr, flush=True)
+                summary, wall = nas_search(project, Path(tmp) / f"run-{repeat}", flags)
+                runs.append(breakdown(summary, wall))
     result = aggregate(runs)
     workers = args.workers or "default"
+    servers = "nas up" if args.stack else "temporary Prefect server, MLflow on SQLite"
     print_report(
-        result, f"search overhead: {args.budget} x {args.epochs} epochs on digits, {workers} workers, median of {args.repeats}"
+        result,
+        f"search overhead: {args.budget} x {args.epochs} epochs on digits, {workers} workers, {servers}, "
+        f"median of {args.repeats}",
     )
     if args.json:
-        settings = {k: getattr(args, k) for k in ("budget", "epochs", "repeats", "workers", "seed", "device")}
+        settings = {k: getattr(args, k) for k in ("budget", "epochs", "repeats", "workers", "seed", "device", "stack")}
         data = {**environment(PACKAGES), "settings": settings, "median": result, "runs": runs}
         args.json.write_text(json.dumps(data, indent=2) + "\n")
         print(f"wrote {args.json}", file=sys.stderr)

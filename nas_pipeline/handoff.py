@@ -30,7 +30,7 @@ from nas_core.latency import LATENCY_METRIC
 from nas_core.provenance import TAG_PREFIX, Provenance
 from nas_core.provenance import code_version as provenance_code_version
 from nas_core.search.summary import SUMMARY_FILE, SearchSummary, SummaryError
-from nas_pipeline.latency import NETWORK_RUNS, NETWORK_WARMUP, PROVIDER, machine_of, median_ms, open_session
+from nas_pipeline.latency import PART_RUNS, PART_WARMUP, PROVIDER, machine_of, median_ms, open_session
 
 if TYPE_CHECKING:
     from nas_core.search.ports import ExportRequest
@@ -46,7 +46,7 @@ HANDOFF_DIR = "handoff"  # inside a search's output folder
 PREDICT_TEMPLATE = Path(__file__).with_name("predict_template.py")
 PREPROCESSING_KEY = "nas.preprocessing"  # ONNX metadata: {"mean": [...], "std": [...], "input_range": [lo, hi], "resize": ...}
 LATENCY_BATCH_SIZES = (1, 8, 64)
-LATENCY_RUNS, LATENCY_WARMUP = NETWORK_RUNS, NETWORK_WARMUP  # as the latency benchmark measures whole networks
+LATENCY_RUNS, LATENCY_WARMUP = PART_RUNS, PART_WARMUP  # as the search times networks: microseconds need many calls
 LATENCY_THREADS = 1  # pinned, as the search's latency predictor times with: the card's figures compare with it
 EXAMPLE_SIZE = 8
 METRIC_KEYS = ("val_accuracy", "val_f1", "test_accuracy", "test_f1")

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
 import tempfile
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,8 +19,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.exceptions import MlflowException
+from mlflow.store.artifact.artifact_repo import ArtifactRepository
+from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+from mlflow.utils.uri import add_databricks_profile_info_to_artifact_uri
 
 from nas_core.provenance import TAG_PREFIX
 from nas_core.search.ports import InfrastructureError
@@ -39,6 +44,7 @@ HTTP_DEFAULTS = {
     "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
 }
 REACHABLE_TIMEOUT_S = 5.0
+ARTIFACT_URIS_KEPT = 1024  # the artifact locations of the latest runs a tracker created (as MLflow caches its own)
 
 
 class TrackingUnavailable(InfrastructureError):
@@ -260,6 +266,8 @@ class MlflowTracker:
         bound_http_requests()
         self.tracking_uri, self.patience = tracking_uri, patience
         self._experiment_name: str | None = experiment
+        self._artifact_uris: OrderedDict[str, str] = OrderedDict()
+        self._artifact_uris_lock = threading.Lock()
         # Two searches starting on a fresh project would both create the SQLite schema (MLflow does not lock that)
         # and the experiment: the first one in does both, the other finds them.
         with store_lock(tracking_uri):
@@ -295,6 +303,10 @@ class MlflowTracker:
         if parent_run_id:
             run_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
         run = self._retry(lambda: self.client.create_run(self.experiment_id, tags=run_tags, run_name=name))
+        with self._artifact_uris_lock:
+            self._artifact_uris[run.info.run_id] = run.info.artifact_uri
+            if len(self._artifact_uris) > ARTIFACT_URIS_KEPT:
+                self._artifact_uris.popitem(last=False)
         self.log_params(run.info.run_id, params)
         return run.info.run_id
 
@@ -320,7 +332,26 @@ class MlflowTracker:
         self._retry(lambda: self.client.log_batch(run_id, tags=_tags({f"{TAG_PREFIX}{k}": v for k, v in tags.items()})))
 
     def log_json(self, run_id: str, data: Any, artifact_file: str) -> None:
-        self._retry(lambda: self.client.log_text(run_id, json.dumps(data, indent=2), artifact_file))
+        text = json.dumps(data, indent=2)
+        repository = self._artifact_repository(run_id)
+        if repository is None:  # a run this tracker did not create: MLflow fetches the run to find its artifacts
+            self._retry(lambda: self.client.log_text(run_id, text, artifact_file))
+            return
+        folder, name = posixpath.split(posixpath.normpath(artifact_file))
+        with tempfile.TemporaryDirectory() as scratch:
+            path = Path(scratch) / name
+            path.write_text(text, encoding="utf-8")
+            self._retry(lambda: repository.log_artifact(str(path), folder or None))
+
+    def _artifact_repository(self, run_id: str) -> ArtifactRepository | None:
+        """Where a run this tracker created keeps its artifacts, from the location ``create_run`` returned (MLflow's
+        ``log_text`` would read the whole run back to learn it, per new run); None for other runs."""
+        with self._artifact_uris_lock:
+            uri = self._artifact_uris.get(run_id)
+        if uri is None:
+            return None
+        located = add_databricks_profile_info_to_artifact_uri(uri, self.tracking_uri)  # as MlflowClient resolves it
+        return get_artifact_repository(located, tracking_uri=self.tracking_uri)
 
     def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
         self._retry(lambda: self.client.log_artifact(run_id, str(path), artifact_path))
@@ -330,6 +361,24 @@ class MlflowTracker:
         final = status or ("FINISHED" if ok else "FAILED")
         self._retry(lambda: self.client.set_terminated(run_id, final))
 
+    def close_run(
+        self,
+        run_id: str,
+        ok: bool,
+        metrics: Mapping[str, float] | None = None,
+        tags: Mapping[str, Any] | None = None,
+        step: int = 0,
+        status: str | None = None,
+    ) -> None:
+        """A run's last metrics (at ``step``) and tags in one ``log_batch`` (a closing's few are far below MLflow's
+        limits per call), then its status (:meth:`end_run`)."""
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for k, v in (metrics or {}).items()]
+        prefixed = _tags({f"{TAG_PREFIX}{k}": v for k, v in (tags or {}).items()})
+        if batch or prefixed:
+            self._retry(lambda: self.client.log_batch(run_id, metrics=batch, tags=prefixed))
+        self.end_run(run_id, ok, status)
+
     @classmethod
     def attach(cls, tracking_uri: str, experiment_id: str, patience: float = DEFAULT_PATIENCE) -> MlflowTracker:
         """A tracker for an experiment that already exists (in a worker process, say)."""
@@ -337,6 +386,7 @@ class MlflowTracker:
         tracker = cls.__new__(cls)
         tracker.tracking_uri, tracker.experiment_id, tracker._experiment_name = tracking_uri, experiment_id, None
         tracker.patience = patience
+        tracker._artifact_uris, tracker._artifact_uris_lock = OrderedDict(), threading.Lock()
         tracker.client = MlflowClient(tracking_uri)
         return tracker
 

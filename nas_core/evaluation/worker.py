@@ -1,9 +1,10 @@
 """One evaluation as a self-contained job: it runs in a thread, another process or a Dask worker.
 
-An :class:`~nas_core.search.records.EvaluationRequest` is plain, picklable data. :func:`evaluate` opens the
-evaluation's nested run through the request's tracker, leases a device, loads the (cached, version-checked) data
-from the request's data store, trains or looks the genome up in a table, logs the per-epoch metrics (in one call, once
-training ends: a running candidate shows no curve yet) and returns an :class:`~nas_core.search.records.EvaluationResult`.
+An :class:`~nas_core.search.records.EvaluationRequest` is plain, picklable data. :func:`evaluate` leases a device,
+opens the evaluation's nested run through the request's tracker (tagged with that device), loads the (cached,
+version-checked) data from the request's data store, trains or looks the genome up in a table, logs the per-epoch
+metrics (in one call, once training ends: a running candidate shows no curve yet) and returns an
+:class:`~nas_core.search.records.EvaluationResult`.
 It never raises for a bad candidate (divergence, out of memory, timeout, a broken genome): those come back as
 ``failed`` with the reason. It raises only for infrastructure errors (tracking store unreachable, data not matching
 its version), which the orchestrator may retry. The run is left open: the search closes it once the result is
@@ -12,12 +13,14 @@ checkpointed, so a crash in between leaves a RUNNING run that a resume marks as 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
@@ -82,7 +85,8 @@ def failure_reason(exc: BaseException) -> str:
 def evaluate(request: EvaluationRequest) -> EvaluationResult:
     """Evaluate one request under its own nested run (left open for the search to close).
 
-    A request whose deadline has passed is not started: it comes back ``skipped``, with no run.
+    A request whose deadline has passed is not started: it comes back ``skipped``, with no run. A training request
+    waits for its device before its run opens, so the run is created with its ``device`` tag (one write less).
     """
     if request.deadline is not None and time.time() >= request.deadline:
         return EvaluationResult(request.index, "", SKIPPED, reason="the search's time was up before it started")
@@ -91,51 +95,66 @@ def evaluate(request: EvaluationRequest) -> EvaluationResult:
         torch.set_num_threads(request.threads)
     tracker = request.tracker.connect()
     worker = worker_name()
-    tags = {**request.run_tags, "worker": worker, "status": "running"}
-    run_id = tracker.start_run(request.run_name, request.run_params, tags, parent_run_id=request.parent_run_id)
-    tracker.log_json(run_id, request.planned.genome.to_dict(), "genome.json")
-    if request.proxy is not None:
-        tracker.log_metrics(run_id, {f"proxy_{request.proxy[0]}": request.proxy[1]})
-    result = EvaluationResult(request.index, run_id, "failed", worker=worker)
-    try:
-        space = space_of(request)
-        if request.table is not None:
-            result = replace(result, status="ok", metrics=_table(*request.table).evaluate(space, request.planned.genome))
-        else:
-            result = _train(request, space, tracker, result)
-            result = replace(result, metrics={**result.metrics, "wall_seconds": time.monotonic() - began})
-    except Exception as exc:
-        if tracker.is_transient(exc) or isinstance(exc, InfrastructureError):
-            raise  # not the candidate's fault: the search retries or stops (and can be resumed)
-        result = replace(result, status="failed", reason=failure_reason(exc), weights=None, state=None)
+    with contextlib.ExitStack() as lease:
+        try:
+            device, unusable = _lease_device(request, lease), None
+        except Exception as exc:  # this worker lacks the devices asked for (a remote one, say): the candidate fails
+            device, unusable = None, exc
+        tags = {**request.run_tags, "worker": worker, "status": "running", **({"device": device} if device else {})}
+        run_id = tracker.start_run(request.run_name, request.run_params, tags, parent_run_id=request.parent_run_id)
+        tracker.log_json(run_id, request.planned.genome.to_dict(), "genome.json")
+        if request.proxy is not None:
+            tracker.log_metrics(run_id, {f"proxy_{request.proxy[0]}": request.proxy[1]})
+        result = EvaluationResult(request.index, run_id, "failed", worker=worker)
+        try:
+            if unusable is not None:
+                raise unusable
+            space = space_of(request)
+            if request.table is not None:
+                result = replace(result, status="ok", metrics=_table(*request.table).evaluate(space, request.planned.genome))
+            else:
+                result = _train(request, space, tracker, replace(result, device=device), release=lease.close)
+                result = replace(result, metrics={**result.metrics, "wall_seconds": time.monotonic() - began})
+        except Exception as exc:
+            if tracker.is_transient(exc) or isinstance(exc, InfrastructureError):
+                raise  # not the candidate's fault: the search retries or stops (and can be resumed)
+            result = replace(result, status="failed", reason=failure_reason(exc), weights=None, state=None)
     return result
 
 
-def _train(request: EvaluationRequest, space: SearchSpace, tracker: Tracker, result: EvaluationResult) -> EvaluationResult:
-    data = load_data(request.data, request.dataset, request.dataset_version)
+def _lease_device(request: EvaluationRequest, lease: contextlib.ExitStack) -> str | None:
+    """A slot on the least-loaded of the request's devices, held until ``lease`` closes; None for a table lookup."""
+    if request.table is not None:
+        return None
     devices = tuple(visible_devices(request.devices))
     leases = shared_leases(devices, None if devices == ("cpu",) else request.per_device)
+    return lease.enter_context(leases.lease())
+
+
+def _train(
+    request: EvaluationRequest, space: SearchSpace, tracker: Tracker, result: EvaluationResult, release: Callable[[], None]
+) -> EvaluationResult:
+    """Train on ``result.device`` (leased); ``release`` frees it once the model is gone, before the epochs are logged."""
+    data = load_data(request.data, request.dataset, request.dataset_version)
     run_id, genome = result.run_id, request.planned.genome
     start = TrainState.from_dict(torch.load(request.start_checkpoint, weights_only=True)) if request.start_checkpoint else None
-    with leases.lease() as device:
-        tracker.set_tags(run_id, {"device": device})
-        train = replace(request.train, device=device)
-        trained = train_genome(genome, data, train, build=space.build, start=start, keep_state=request.keep_state)
-        result = replace(
-            result,
-            device=device,
-            timing={"train_started": trained.started_at, "train_ended": trained.started_at + trained.train_seconds},
-            status=trained.status,
-            reason=trained.reason,
-            metrics=trained.metrics(),
-            weights={k: v.detach().cpu().clone() for k, v in trained.model.state_dict().items()} if trained.model else None,
-            state=trained.state.to_dict() if trained.state is not None else None,
-            curve=tuple(m.val_accuracy for m in trained.history),
-        )
-        if trained.stopped_at:
-            tracker.set_tags(run_id, {"early_stopped": trained.stopped_at})
-        history = trained.history  # a promoted run's earlier epochs too: its run shows the whole learning curve
-        del trained  # the model goes before the lease frees the device's memory
+    train = replace(request.train, device=result.device)
+    trained = train_genome(genome, data, train, build=space.build, start=start, keep_state=request.keep_state)
+    result = replace(
+        result,
+        timing={"train_started": trained.started_at, "train_ended": trained.started_at + trained.train_seconds},
+        status=trained.status,
+        reason=trained.reason,
+        metrics=trained.metrics(),
+        weights={k: v.detach().cpu().clone() for k, v in trained.model.state_dict().items()} if trained.model else None,
+        state=trained.state.to_dict() if trained.state is not None else None,
+        curve=tuple(m.val_accuracy for m in trained.history),
+    )
+    if trained.stopped_at:
+        tracker.set_tags(run_id, {"early_stopped": trained.stopped_at})
+    history = trained.history  # a promoted run's earlier epochs too: its run shows the whole learning curve
+    del trained  # the model goes before the lease frees the device's memory
+    release()
     tracker.log_metric_history(run_id, [(m.epoch, _finite_metrics(m)) for m in history])
     return result
 

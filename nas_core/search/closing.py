@@ -12,9 +12,19 @@ from nas_core.search.records import Evaluation, EvaluationResult, FinalModel
 KILLED_REASON = "killed: the search stopped while this candidate was running; it was queued again on resume"
 
 
-def _end(tracker: Tracker, run_id: str, ok: bool, status: str, reason: str, tags: dict[str, str] | None = None) -> None:
-    tracker.set_tags(run_id, {"status": status, **({"failure_reason": reason} if reason else {}), **(tags or {})})
-    tracker.end_run(run_id, ok)
+def _end(
+    tracker: Tracker,
+    run_id: str,
+    ok: bool,
+    status: str,
+    reason: str,
+    tags: dict[str, str] | None = None,
+    metrics: dict[str, float] | None = None,
+    step: int = 0,
+) -> None:
+    """Close a run with its final ``metrics`` (at ``step``), status, reason and ``tags``: one write, then the status."""
+    tags = {"status": status, **({"failure_reason": reason} if reason else {}), **(tags or {})}
+    tracker.close_run(run_id, ok, metrics=metrics, tags=tags, step=step)
 
 
 def close_evaluation(tracker: Tracker, evaluation: Evaluation, looked_up: bool) -> None:
@@ -23,19 +33,16 @@ def close_evaluation(tracker: Tracker, evaluation: Evaluation, looked_up: bool) 
     A successful one also gets its result as the ``metrics`` tag (JSON): what a later search reuses, exactly.
     """
     final = {k: v for k, v in evaluation.metrics.items() if looked_up or k not in EPOCH_METRICS}
-    if final:
-        tracker.log_metrics(evaluation.mlflow_run_id, final, step=evaluation.fidelity)
     result = {"metrics": json.dumps(evaluation.metrics, sort_keys=True)} if evaluation.ok else {}
-    _end(tracker, evaluation.mlflow_run_id, evaluation.ok, evaluation.status, evaluation.reason, result)
+    ok, status, reason = evaluation.ok, evaluation.status, evaluation.reason
+    _end(tracker, evaluation.mlflow_run_id, ok, status, reason, tags=result, metrics=final, step=evaluation.fidelity)
 
 
 def close_final(tracker: Tracker, final: FinalModel, search_run_id: str, link_source: bool = True) -> None:
     """Close the final training's run; when it worked, link it from the search's run and (``link_source``) the
     candidate's."""
     logged = {k: v for k, v in final.metrics.items() if k in FINAL_METRICS}
-    if logged:
-        tracker.log_metrics(final.run_id, logged, step=final.epochs)
-    _end(tracker, final.run_id, final.ok, final.status, final.reason)
+    _end(tracker, final.run_id, final.ok, final.status, final.reason, metrics=logged, step=final.epochs)
     if final.ok:
         for run_id in (final.source_run_id, search_run_id) if link_source else (search_run_id,):
             tracker.set_tags(run_id, {"final_run_id": final.run_id})
@@ -46,12 +53,9 @@ def close_recovery(tracker: Tracker, result: EvaluationResult, original_val_accu
     logged = {k: v for k, v in result.metrics.items() if k not in EPOCH_METRICS}
     if original_val_accuracy is not None:
         logged["original_val_accuracy"] = original_val_accuracy
-    if logged:
-        tracker.log_metrics(result.run_id, logged)
-    _end(tracker, result.run_id, result.ok, result.status, result.reason)
+    _end(tracker, result.run_id, result.ok, result.status, result.reason, metrics=logged)
 
 
 def close_killed(tracker: Tracker, run_id: str) -> None:
     """A run its process left RUNNING without a recorded result: KILLED (its candidate is queued again)."""
-    tracker.set_tags(run_id, {"status": "killed", "failure_reason": KILLED_REASON})
-    tracker.end_run(run_id, ok=False, status="KILLED")
+    tracker.close_run(run_id, ok=False, tags={"status": "killed", "failure_reason": KILLED_REASON}, status="KILLED")

@@ -60,6 +60,18 @@ class Tracker(Protocol):
     def log_json(self, run_id: str, data: Any, artifact_file: str) -> None: ...
     def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None: ...
     def end_run(self, run_id: str, ok: bool, status: str | None = None) -> None: ...
+    def close_run(
+        self,
+        run_id: str,
+        ok: bool,
+        metrics: Mapping[str, float] | None = None,
+        tags: Mapping[str, Any] | None = None,
+        step: int = 0,
+        status: str | None = None,
+    ) -> None:
+        """A run's last metrics (at ``step``) and tags, then :meth:`end_run`: one write of both, not one each."""
+        ...
+
     def log_evaluation_plots(self, run_id: str, genome: Any, title: str, dims: int) -> None:
         """Draw an evaluation's figures from its logged per-epoch metrics and attach them to its run (a store without
         artifacts may do nothing); the search draws them once, at its end, for its best few."""
@@ -236,6 +248,21 @@ class MemoryTracker:
 
     def end_run(self, run_id: str, ok: bool, status: str | None = None) -> None:
         self.runs[run_id].status = status or ("FINISHED" if ok else "FAILED")
+
+    def close_run(
+        self,
+        run_id: str,
+        ok: bool,
+        metrics: Mapping[str, float] | None = None,
+        tags: Mapping[str, Any] | None = None,
+        step: int = 0,
+        status: str | None = None,
+    ) -> None:
+        if metrics:
+            self.log_metrics(run_id, metrics, step)
+        if tags:
+            self.set_tags(run_id, tags)
+        self.end_run(run_id, ok, status)
 
     def log_evaluation_plots(self, run_id: str, genome: Any, title: str, dims: int) -> None:
         pass

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from mlflow.exceptions import MlflowException
+from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 from mlflow.tracking import MlflowClient
 
 from nas_pipeline.mlflow_tracking import (
@@ -171,6 +172,54 @@ def test_evaluation_plots_are_drawn_from_the_logged_epochs(store, monkeypatch):
     listed = sorted(a.path for a in client.list_artifacts(run_id, "plots"))
     assert listed == ["plots/architecture.png", "plots/learning_curves.png"]
     assert f"{TAG_PREFIX}plot_error" not in client.get_run(run_id).data.tags
+
+
+def _counted(monkeypatch, owner, method: str) -> list:
+    """Every call of ``owner.<method>`` from now on, as its keyword arguments (the call still happens)."""
+    calls, real = [], getattr(owner, method)
+    monkeypatch.setattr(owner, method, lambda *a, **k: (calls.append(k), real(*a, **k))[1])
+    return calls
+
+
+def test_close_run_writes_the_last_metrics_and_tags_in_one_batch_then_the_status(store, monkeypatch):
+    tracker, client, _ = store
+    run_id = tracker.start_run("closed", {}, {"kind": "candidate"})
+    batches = _counted(monkeypatch, tracker.client, "log_batch")
+    tracker.close_run(run_id, True, metrics={"test_accuracy": 0.9, "params": 120}, tags={"status": "ok"}, step=3)
+    assert [(len(b["metrics"]), len(b["tags"])) for b in batches] == [(2, 1)]
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.tags[f"{TAG_PREFIX}status"] == "ok"
+    assert run.data.metrics == {"test_accuracy": 0.9, "params": 120.0}
+    assert [m.step for m in client.get_metric_history(run_id, "test_accuracy")] == [3]
+
+
+def test_close_run_with_tags_only_and_an_explicit_status(store):
+    tracker, client, _ = store
+    run_id = tracker.start_run("killed", {}, {"kind": "candidate"})
+    tracker.close_run(run_id, False, tags={"status": "killed"}, status="KILLED")
+    run = client.get_run(run_id)
+    assert run.info.status == "KILLED" and run.data.tags[f"{TAG_PREFIX}status"] == "killed" and run.data.metrics == {}
+
+
+def test_log_json_of_a_run_it_created_does_not_read_the_run_back(store, monkeypatch, tmp_path):
+    tracker, client, _ = store
+    run_id = tracker.start_run("candidate-json", {}, {"kind": "candidate"})
+    reads = _counted(monkeypatch, SqlAlchemyStore, "get_run")  # what MLflow's log_text would call to find the artifacts
+    tracker.log_json(run_id, {"nodes": ["input", "output"]}, "genome.json")
+    tracker.log_json(run_id, {"nested": True}, "genome/more.json")
+    assert reads == []
+    assert json.loads(Path(client.download_artifacts(run_id, "genome.json", str(tmp_path))).read_text()) == {
+        "nodes": ["input", "output"]
+    }
+    assert [a.path for a in client.list_artifacts(run_id, "genome")] == ["genome/more.json"]
+
+
+def test_log_json_of_another_trackers_run_finds_its_artifacts(store, tmp_path):
+    tracker, client, _ = store
+    run_id = tracker.start_run("made-elsewhere", {}, {"kind": "candidate"})
+    other = MlflowTracker.attach(tracker.tracking_uri, tracker.experiment_id)  # a worker process's tracker, say
+    other.log_json(run_id, {"score": 1}, "genome.json")
+    assert json.loads(Path(client.download_artifacts(run_id, "genome.json", str(tmp_path))).read_text()) == {"score": 1}
 
 
 def test_end_run_sets_finished_or_failed(store, runs):

@@ -84,13 +84,25 @@ def test_infrastructure_errors_are_raised_not_blamed_on_the_candidate(core_run, 
 
 
 class RecordingTracker(MemoryTracker):
-    """Remembers how metrics reach the store and which runs get figures."""
+    """Remembers how metrics and tags reach the store and which runs get figures."""
 
     def __init__(self) -> None:
         super().__init__()
         self.single_steps: list[set[str]] = []  # the metric names of each log_metrics call
         self.histories: list[list[int]] = []  # the steps of each log_metric_history call
+        self.opened: list[dict] = []  # the tags each run was created with
+        self.tagged: list[set[str]] = []  # the tag names of each set_tags call after a run's creation
         self.plotted: list[str] = []
+
+    def start_run(self, name, params, tags, parent_run_id=None):
+        self.opened.append(dict(tags))
+        run_id = super().start_run(name, params, {}, parent_run_id)
+        MemoryTracker.set_tags(self, run_id, tags)
+        return run_id
+
+    def set_tags(self, run_id, tags):
+        self.tagged.append(set(tags))
+        super().set_tags(run_id, tags)
 
     def log_metrics(self, run_id, metrics, step=0):
         self.single_steps.append(set(metrics))
@@ -122,6 +134,25 @@ def test_a_candidates_epochs_reach_the_store_in_one_call_and_it_draws_nothing(re
     assert not any(names & set(EPOCH_METRICS) for names in tracker.single_steps), "no epoch logged on its own"
     assert [step for step, _ in tracker.runs[outcome.run_id].metrics["val_accuracy"]] == [1, 2, 3]
     assert tracker.plotted == [], "figures are drawn at the end of the search, not per candidate"
+
+
+def test_a_candidates_run_is_created_with_its_device(recorded_run):
+    run, tracker = recorded_run
+    outcome = evaluate(run.propose()[0])
+    assert outcome.ok and outcome.device == "cpu"
+    assert tracker.opened[-1]["device"] == "cpu" and tracker.opened[-1]["status"] == "running"
+    assert not any("device" in names for names in tracker.tagged), "no write of its own for the device"
+    assert tracker.runs[outcome.run_id].tags["device"] == "cpu"
+
+
+def test_a_worker_without_the_devices_asked_for_fails_the_candidate_in_its_run(recorded_run):
+    run, tracker = recorded_run
+    job = dataclasses.replace(run.propose()[0], devices=f"cuda:{torch.cuda.device_count()}")  # one past the last
+    outcome = evaluate(job)
+    assert outcome.status == "failed" and outcome.reason.startswith("error: DeviceError: CUDA device")
+    assert outcome.device == "" and "device" not in tracker.opened[-1]
+    assert tracker.runs[outcome.run_id].artifacts["genome.json"] == job.planned.genome.to_dict()
+    assert all(count == 0 for count in shared_leases(("cpu",), None).holders().values())
 
 
 def test_the_search_draws_the_figures_of_its_best_few_trained_candidates(recorded_run):

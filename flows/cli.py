@@ -417,6 +417,15 @@ def search(
         _check_writable(out)
         _check_not_a_search(out)
         config = config.model_copy(update={"output": out})
+    plan = (
+        f"{config.budget} candidates x {config.min_epochs}..{config.top_epochs} epochs (eta {config.eta}, {config.schedule})"
+        if config.fidelity == "epochs"
+        else f"{config.budget} candidates x {config.epochs} epochs"
+    )
+    console.print(  # before the heavy imports (torch, Prefect, MLflow: seconds): the user sees at once what runs
+        f"{'resuming search' if resume else 'search'} {search_id}: {config.strategy} on {config.dataset}, "
+        f"{plan}, {config.workers} in parallel ({config.runner}) -> {out}; {services}"
+    )
     _prefect_environment(config.project_dir, quiet_console=True)  # before anything imports prefect
     from flows.search import search_flow
     from flows.temporary_server import claim_temporary_server
@@ -424,15 +433,6 @@ def search(
     claim_temporary_server()
     _log_to(out / SEARCH_LOG)
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # its INFO lines (creating its tables) are not news here
-    plan = (
-        f"{config.budget} candidates x {config.min_epochs}..{config.top_epochs} epochs (eta {config.eta}, {config.schedule})"
-        if config.fidelity == "epochs"
-        else f"{config.budget} candidates x {config.epochs} epochs"
-    )
-    console.print(
-        f"{'resuming search' if resume else 'search'} {search_id}: {config.strategy} on {config.dataset}, "
-        f"{plan}, {config.workers} in parallel ({config.runner}) -> {out}; {services}"
-    )
     from flows.signals import Interrupted, stop_on_signals
     from nas_core.search.summary import SearchSummary
     from nas_pipeline.mlflow_tracking import TrackingUnavailable

@@ -597,9 +597,9 @@ def report(
 ) -> int:
     """Write a finished search's report: one self-contained HTML file with plots, curves and every candidate."""
     from nas_core.search.checkpoint import ResumeError
-    from nas_pipeline.mlflow_tracking import resolve_tracking_uri
     from nas_pipeline.pipeline import find_search_output
     from nas_pipeline.report import ReportError, curve_run_ids, fetch_histories, load_summary, write_report
+    from nas_pipeline.stores import resolve_tracking_uri
 
     if Path(search).is_dir() and not (Path(search) / "search.json").is_file():
         raise UsageProblem(f"'{search}' holds no search (no search.json); pass a finished search's output folder or its id")

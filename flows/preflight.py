@@ -53,7 +53,7 @@ def _local_store(uri: str) -> Path | None:
 
 def data_places(project_dir: Path, dataset: str) -> list[Place]:
     """Where preparing ``dataset`` writes: the project folder, ``data/<folder>/``, ``data.dvc``, ``.dvc/``, the remote."""
-    from nas_pipeline.dvc_versioning import DATA_DIR, DEFAULT_REMOTE_URL, DVC_FILE
+    from nas_pipeline.stores import DATA_DIR, DEFAULT_REMOTE_URL, DVC_FILE
 
     root = Path(project_dir).resolve()
     return [
@@ -70,7 +70,7 @@ def data_places(project_dir: Path, dataset: str) -> list[Place]:
 def search_places(config: SearchConfig) -> list[Place]:
     """Where a new search of ``config`` writes, besides its output folder: its data (unless it searches a table),
     the MLflow store when it is local, and Prefect's home."""
-    from nas_pipeline.mlflow_tracking import ARTIFACTS_DIR_NAME, resolve_tracking_uri
+    from nas_pipeline.stores import ARTIFACTS_DIR_NAME, resolve_tracking_uri
 
     root = Path(config.project_dir).resolve()
     places = [Place(root, "project folder", _PROJECT_FIX)]
@@ -151,7 +151,7 @@ def unreachable_tracking_server() -> str | None:
     uri = os.environ.get("MLFLOW_TRACKING_URI", "")
     if not uri.startswith(("http://", "https://")):
         return None
-    from nas_pipeline.mlflow_tracking import TrackingUnavailable, check_reachable
+    from nas_pipeline.stores import TrackingUnavailable, check_reachable
 
     try:
         check_reachable(uri)
@@ -169,7 +169,7 @@ def warm_start_problem(config: SearchConfig) -> str | None:
     from nas_core.search.memory import WarmStartError
     from nas_core.search.warm_start import check_warm_start
     from nas_pipeline.mlflow_memory import earlier_searches
-    from nas_pipeline.mlflow_tracking import resolve_tracking_uri
+    from nas_pipeline.stores import resolve_tracking_uri
 
     uri = resolve_tracking_uri(config.project_dir)
     try:

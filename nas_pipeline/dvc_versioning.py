@@ -17,11 +17,7 @@ from nas_core.data.store import DATA_SEED
 from nas_core.search.ports import InfrastructureError
 from nas_core.search.records import DatasetRef
 from nas_pipeline.locks import machine_lock
-
-DATA_DIR = "data"
-DVC_FILE = "data.dvc"
-DEFAULT_REMOTE = "local"
-DEFAULT_REMOTE_URL = ".dvc-remote"  # given relative to the project; DVC stores it relative to .dvc/
+from nas_pipeline.stores import DATA_DIR, DEFAULT_REMOTE, DEFAULT_REMOTE_URL, DVC_FILE
 
 
 class VersioningError(InfrastructureError):

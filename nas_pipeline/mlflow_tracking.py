@@ -26,15 +26,19 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from mlflow.utils.uri import add_databricks_profile_info_to_artifact_uri
 
 from nas_core.provenance import TAG_PREFIX
-from nas_core.search.ports import InfrastructureError
 from nas_pipeline.locks import machine_lock
+from nas_pipeline.stores import (  # noqa: F401 - re-exported: the tracker's callers import them from here
+    ARTIFACTS_DIR_NAME,
+    DEFAULT_DB_NAME,
+    TrackingUnavailable,
+    check_reachable,
+    resolve_tracking_uri,
+)
 
 if TYPE_CHECKING:
     from nas_pipeline.mlflow_memory import MlflowMemory
 
 T = TypeVar("T")
-DEFAULT_DB_NAME = "mlflow.db"
-ARTIFACTS_DIR_NAME = "mlartifacts"
 DEFAULT_PATIENCE = 300.0  # seconds; SearchConfig.tracking_timeout sets it for a search
 # One HTTP request to a tracking server: no retries of MLflow's own (ours are bounded in time), a short timeout.
 # And no "View run ... at" lines on stdout per closed run: the progress output says where the runs are.
@@ -43,24 +47,7 @@ HTTP_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
     "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
 }
-REACHABLE_TIMEOUT_S = 5.0
 ARTIFACT_URIS_KEPT = 1024  # the artifact locations of the latest runs a tracker created (as MLflow caches its own)
-
-
-class TrackingUnavailable(InfrastructureError):
-    """The tracking store stayed unreachable (or busy) longer than the search's ``tracking_timeout``."""
-
-    def __init__(self, tracking_uri: str, waited: float, cause: BaseException | None = None) -> None:
-        first = (str(cause).splitlines() or [""])[0][:200] if cause is not None else ""
-        why = f"{type(cause).__name__}: {first}" if cause is not None else "no answer"
-        how_long = f"was unreachable or busy for {waited:.0f} s" if waited else "does not answer"
-        super().__init__(f"the MLflow tracking store at {tracking_uri} {how_long} ({why})")
-        self.tracking_uri, self.waited = tracking_uri, waited
-
-
-def resolve_tracking_uri(project_dir: Path) -> str:
-    """``MLFLOW_TRACKING_URI`` when set, else a SQLite store inside the project folder."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(Path(project_dir) / DEFAULT_DB_NAME).resolve()}"
 
 
 def bound_http_requests() -> None:
@@ -69,21 +56,6 @@ def bound_http_requests() -> None:
     Child processes (candidates on processes or Dask) inherit the setting."""
     for key, value in HTTP_DEFAULTS.items():
         os.environ.setdefault(key, value)
-
-
-def check_reachable(tracking_uri: str, timeout: float = REACHABLE_TIMEOUT_S) -> None:
-    """Raise :class:`TrackingUnavailable` when a tracking server (``http(s)://``) does not answer within ``timeout``.
-
-    Any HTTP answer counts (a proxy may have no ``/health``); database and file stores are not checked here.
-    """
-    if not tracking_uri.startswith(("http://", "https://")):
-        return
-    import requests
-
-    try:
-        requests.get(f"{tracking_uri.rstrip('/')}/health", timeout=timeout)
-    except requests.exceptions.RequestException as exc:
-        raise TrackingUnavailable(tracking_uri, 0, exc) from None
 
 
 @contextmanager

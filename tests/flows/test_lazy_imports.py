@@ -72,3 +72,13 @@ def test_the_probe_sees_heavy_imports(tmp_path: Path) -> None:
     probe = PROBE.replace("code = main(sys.argv[1:])", "import nas_core.builder; code = 0")
     done = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert json.loads(done.stdout.strip().splitlines()[-1])["loaded"] == ["torch"]
+
+
+def test_where_a_search_writes_is_known_without_importing_mlflow_or_prefect(tmp_path: Path) -> None:
+    """The places check before every search (which folders it writes, which store it uses) reads names only
+    (nas_pipeline.stores): before, it imported MLflow and DVC's adapter, seconds before the search's first line."""
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    probe = PROBE.replace("code = main(sys.argv[1:])", "from flows import preflight; from nas_core.config import "
+                          "SearchConfig; preflight.search_places(SearchConfig(project_dir='.')); code = 0")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert json.loads(done.stdout.strip().splitlines()[-1])["loaded"] == []

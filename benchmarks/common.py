@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -145,3 +146,25 @@ def dataset_flags(name: str, project: Path) -> list[str]:
             write_sequences(path)
         return ["--dataset", f"npz:{path}"]
     raise SystemExit(f"unknown dataset '{name}' (known: digits, seq)")
+
+
+def add_search_arguments(parser: argparse.ArgumentParser, strategies: str) -> None:
+    """The flags of the benchmarks that run real searches on ``DATASET_SHAPES``: datasets, strategies, seeds, budget,
+    population, epochs and ``--json``."""
+    parser.add_argument("--datasets", default="digits,seq", help="comma-separated: digits, seq")
+    parser.add_argument("--strategies", default=strategies, help="comma-separated strategies")
+    parser.add_argument("--seeds", type=int, default=5, help="searches per dataset and strategy (seeds 0 .. N-1)")
+    parser.add_argument("--budget", type=int, default=8, help="evaluations per search")
+    parser.add_argument("--population", type=int, default=2, help="evaluations per generation")
+    parser.add_argument("--epochs", type=int, default=6, help="training epochs per evaluation")
+    parser.add_argument("--json", type=Path, default=None, help="write the results here")
+
+
+def write_results(args: argparse.Namespace, packages: Sequence[str], rows: Sequence[dict[str, Any]]) -> None:
+    """``args.json`` (when given): the machine and versions, the settings and the result rows."""
+    if args.json is None:
+        return
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    settings = {k: v for k, v in vars(args).items() if k != "json"}
+    record = {"environment": environment(packages), "settings": settings, "results": list(rows)}
+    args.json.write_text(json.dumps(record, indent=2) + "\n")

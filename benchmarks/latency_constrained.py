@@ -33,7 +33,15 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(REPO_ROOT))
 
-from benchmarks.common import DATASET_SHAPES, dataset_flags, environment, nas_search, report_console, scratch_project  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    DATASET_SHAPES,
+    add_search_arguments,
+    dataset_flags,
+    nas_search,
+    report_console,
+    scratch_project,
+    write_results,
+)
 from benchmarks.strategies import summarise  # noqa: E402
 
 PACKAGES = ("torch", "onnxruntime", "prefect", "mlflow")
@@ -103,15 +111,9 @@ def print_table(rows: Sequence[dict[str, Any]], budget: int) -> None:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--datasets", default="digits,seq", help="comma-separated: digits, seq")
-    parser.add_argument("--strategies", default="evolution,bo,random", help="comma-separated registered strategies")
-    parser.add_argument("--seeds", type=int, default=5, help="searches per dataset and strategy (seeds 0 .. N-1)")
-    parser.add_argument("--budget", type=int, default=8, help="evaluations per search")
-    parser.add_argument("--population", type=int, default=2, help="evaluations per generation")
-    parser.add_argument("--epochs", type=int, default=6, help="training epochs per evaluation")
+    add_search_arguments(parser, "evolution,bo,random")
     parser.add_argument("--genomes", type=int, default=200, help="random genomes the limit's percentile is taken over")
     parser.add_argument("--percentile", type=float, default=30.0, help="the limit: this percentile of their latency")
-    parser.add_argument("--json", type=Path, default=None, help="write the results here")
     return parser.parse_args(argv)
 
 
@@ -120,11 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="nas-latency-bench-") as tmp:
         rows = run(args, Path(tmp))
     print_table(rows, args.budget)
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        settings = {k: v for k, v in vars(args).items() if k != "json"}
-        record = {"environment": environment(PACKAGES), "settings": settings, "results": rows}
-        args.json.write_text(json.dumps(record, indent=2) + "\n")
+    write_results(args, PACKAGES, rows)
     return 0
 
 

@@ -19,7 +19,6 @@ sample standard deviation and a normal 95 % interval over seeds.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -32,7 +31,14 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(REPO_ROOT))
 
-from benchmarks.common import dataset_flags, environment, nas_search, report_console, scratch_project  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    add_search_arguments,
+    dataset_flags,
+    nas_search,
+    report_console,
+    scratch_project,
+    write_results,
+)
 from benchmarks.strategies import summarise  # noqa: E402
 
 PACKAGES = ("torch", "prefect", "mlflow", "numpy")
@@ -99,13 +105,7 @@ def print_table(rows: Sequence[dict[str, Any]], budget: int) -> None:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--datasets", default="digits,seq", help="comma-separated: digits, seq")
-    parser.add_argument("--strategies", default="evolution,bo,evolution+synflow,bo+synflow", help="NAME or NAME+PROXY")
-    parser.add_argument("--seeds", type=int, default=5, help="searches per dataset and strategy (seeds 0 .. N-1)")
-    parser.add_argument("--budget", type=int, default=8, help="evaluations per search")
-    parser.add_argument("--population", type=int, default=2, help="evaluations per generation")
-    parser.add_argument("--epochs", type=int, default=6, help="training epochs per evaluation")
-    parser.add_argument("--json", type=Path, default=None, help="write the results here")
+    add_search_arguments(parser, "evolution,bo,evolution+synflow,bo+synflow")
     return parser.parse_args(argv)
 
 
@@ -114,11 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="nas-prior-bench-") as tmp:
         rows = run(args, Path(tmp))
     print_table(rows, args.budget)
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        settings = {k: v for k, v in vars(args).items() if k != "json"}
-        record = {"environment": environment(PACKAGES), "settings": settings, "results": rows}
-        args.json.write_text(json.dumps(record, indent=2) + "\n")
+    write_results(args, PACKAGES, rows)
     return 0
 
 

@@ -85,13 +85,21 @@ def running_urls(project_dir: Path) -> dict[str, str]:
 
 
 def _commands(project_dir: Path, backend_store: str | None, artifacts: Path) -> dict[str, list[str]]:
+    """The servers' command lines. On the project's own SQLite store, new experiments keep their artifacts in the
+    project's folder as plain file locations (as searches without the server do), so the project's searches work
+    the same after ``nas down``; on another store (a team's database) the server serves the artifacts itself."""
     bin_dir = Path(sys.executable).parent
     backend = backend_store or f"sqlite:///{project_dir / 'mlflow.db'}"
+    where = (
+        ["--artifacts-destination", str(artifacts)]
+        if backend_store
+        else ["--no-serve-artifacts", "--default-artifact-root", artifacts.resolve().as_uri()]
+    )
     return {
         "prefect": [str(bin_dir / "prefect"), "server", "start", "--host", HOST, "--port", "{port}"],
         "mlflow": [
             sys.executable, "-m", "mlflow", "server", "--host", HOST, "--port", "{port}", "--workers", "2",
-            "--backend-store-uri", backend, "--artifacts-destination", str(artifacts),
+            "--backend-store-uri", backend, *where,
         ],
     }  # fmt: skip
 

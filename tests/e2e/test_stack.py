@@ -109,3 +109,17 @@ def test_down_stops_exactly_what_up_started(stack, searched):
     assert proc.returncode == 0 and "prefect: stopped" in proc.stdout and "mlflow: stopped" in proc.stdout
     assert not any(_alive(service["pid"]) for service in recorded)
     assert _nas(project, env, "status").returncode == 1
+
+
+def test_after_down_the_project_searches_on_its_own_store(stack, searched):
+    """The experiment the server created keeps its artifacts as files in the project (not behind the server), so a
+    search after `nas down` logs to the same experiment through mlflow.db."""
+    project, env, _ = stack
+    _nas(project, env, "down")
+    proc = _nas(project, env, "search", "--budget", "1", "--epochs", "1", "--output", "after", "--quiet")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    summary = json.loads((project / "after" / "summary.json").read_text())
+    assert summary["mlflow_tracking_uri"].startswith("sqlite:///")
+    assert summary["mlflow_experiment"] == searched[1]["mlflow_experiment"]
+    run = MlflowClient(summary["mlflow_tracking_uri"]).get_run(summary["mlflow_run_id"])
+    assert run.info.artifact_uri.startswith((project / "mlartifacts").resolve().as_uri())

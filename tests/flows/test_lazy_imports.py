@@ -48,6 +48,7 @@ def bad_config(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow  # a fresh interpreter per case
 @pytest.mark.parametrize(
     ("args", "code"),
     [
@@ -66,6 +67,7 @@ def test_answers_without_heavy_imports(tmp_path: Path, bad_config: Path, args: l
     assert result["loaded"] == []
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch
 def test_the_probe_sees_heavy_imports(tmp_path: Path) -> None:
     """The check above can fail: a command that builds a network does import torch."""
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}

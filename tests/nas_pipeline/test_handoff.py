@@ -276,6 +276,7 @@ def test_nas_export_rebuilds_the_bundle_without_touching_the_search(searched, tm
     assert card(tmp_path / "empty")["architecture"]["hash"] == run.best().hash
 
 
+@pytest.mark.slow  # the module's real search (its fixture) takes seconds
 def test_card_inputs_take_the_provenance_from_the_model_and_the_best_from_the_summary(searched, tmp_path):
     """Search id, dataset, its version, hash and run ids come from model.onnx's metadata, not from summary.json."""
     project, run = searched
@@ -344,6 +345,7 @@ def test_nas_export_bad_input_is_one_line_and_writes_nothing(searched, tmp_path,
     assert {p.name for p in tmp_path.iterdir()} == {"unfinished", "taken", "plain"}
 
 
+@pytest.mark.slow  # the module's real search (its fixture) takes seconds
 def test_card_inputs_carry_the_bests_predicted_latency_and_none_for_an_older_search(searched, tmp_path):
     """The best's latency_ms comes from its row in summary.json; a search from before latency_ms has none."""
     project, run = searched

@@ -183,6 +183,7 @@ def test_the_key_covers_architecture_data_version_and_evaluator():
 # ---- the time budget --------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # trains real candidates against a clock
 def test_a_time_budget_stops_proposing_and_closes_every_run(tmp_path):
     tracker = MemoryTracker()
     search = _search(tmp_path, tracker, "timed", budget=500, population=2, epochs=1, workers=1, time_budget="3s")
@@ -194,6 +195,7 @@ def test_a_time_budget_stops_proposing_and_closes_every_run(tmp_path):
     assert {run.status for run in tracker.runs.values()} == {"FINISHED"}, "nothing left RUNNING"
 
 
+@pytest.mark.slow  # trains real candidates against a clock
 def test_a_multi_fidelity_search_respects_the_time_budget_too(tmp_path):
     tracker = MemoryTracker()
     settings = {"fidelity": "epochs", "min_epochs": 1, "max_epochs": 3, "eta": 2, "budget": 500, "population": 2}

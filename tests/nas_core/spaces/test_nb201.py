@@ -93,6 +93,7 @@ def test_parse_format_round_trip_on_every_table_key(table_keys):
     assert cells == set(itertools.product(NB201_OPS, repeat=6))
 
 
+@pytest.mark.slow  # the whole 15,625-cell table
 def test_identity_over_the_table_gives_the_benchmark_count(table_identities):
     assert len(table_identities) == DISTINCT
 
@@ -229,6 +230,7 @@ def test_identity_is_a_sha256_hex_string_and_deterministic():
 # ---- space operations ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # the whole 15,625-cell table
 def test_enumerate_gives_one_genome_per_architecture_of_the_table(table_keys, table_identities):
     genomes = SPACE.enumerate()
     assert len(genomes) == DISTINCT

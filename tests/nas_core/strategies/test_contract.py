@@ -429,6 +429,7 @@ def test_with_a_prior_asks_go_on_deterministically_and_never_repeat(strategy, sp
     assert run_search(with_prior(strategy, 31, space), SHORT, fail_every=5) == log
 
 
+@pytest.mark.slow  # lists 6,466 nb201 architectures per strategy
 def test_a_prior_on_a_listable_space_gives_the_first_ask_from_the_best_scored(name):
     strategy = with_prior(name, 32, "nb201")
     best = sorted(strategy.prior, key=lambda h: -strategy.prior[h])[: strategy.prior_pool]

@@ -7,7 +7,6 @@ import contextlib
 import json
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -86,17 +85,12 @@ def nas_search(project: Path, output: Path, flags: Sequence[str]) -> tuple[dict[
     return json.loads((output / "summary.json").read_text()), wall
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextlib.contextmanager
 def running_stack(project: Path) -> Iterator[None]:
     """``nas up`` in ``project`` (free ports) for the block, ``nas down`` after: searches there use its servers."""
-    ports = ["--prefect-port", str(free_port()), "--mlflow-port", str(free_port())]
+    from flows.temporary_server import free_local_port
+
+    ports = ["--prefect-port", str(free_local_port()), "--mlflow-port", str(free_local_port())]
     run_nas(project, ["up", "--project-dir", str(project), *ports], "nas up")
     try:
         yield

@@ -82,10 +82,9 @@ class PredictedLatency:
     @classmethod
     def predicted(cls, metrics: dict[str, Any], request: ExportRequest) -> PredictedLatency | None:
         """From a candidate's metrics and the settings of the search exporting it; None when it predicted none."""
-        value = metrics.get(LATENCY_METRIC)
-        if not isinstance(value, int | float) or isinstance(value, bool):
-            return None
-        return cls(float(value), request.latency_batch, request.latency_provider, request.latency_threads)
+        settings = {"latency_batch": request.latency_batch, "latency_provider": request.latency_provider,
+                    "latency_threads": request.latency_threads}  # fmt: skip
+        return cls.of(metrics, settings)
 
     @classmethod
     def of(cls, metrics: dict[str, Any], config: dict[str, Any] | None) -> PredictedLatency | None:

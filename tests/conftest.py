@@ -7,7 +7,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -141,9 +140,9 @@ def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
 
 def free_port() -> int:
     """A loopback port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    from flows.temporary_server import free_local_port
+
+    return free_local_port()
 
 
 def _healthy(url: str) -> bool:

@@ -11,7 +11,7 @@ from nas_core.config import SearchConfig
 from nas_core.genome import Genome
 from nas_core.latency import LatencyTable
 from nas_core.spaces import create_space
-from nas_pipeline.latency import OnnxTimer, machine_of, measure_network_ms, predictor
+from nas_pipeline.latency import OnnxTimer, machine_of, measure_network_ms, predictor, steady_ms
 
 SMALL = {
     "nodes": [
@@ -102,3 +102,28 @@ def test_a_search_logs_each_candidates_latency_and_names_the_machine(project):
     assert card["latency"]["machine"] == here.describe() and card["latency"]["threads"] == 1
     assert here.describe() in (project / "out" / "handoff" / "model_card.md").read_text()
     assert list((project / "latency").glob(f"{here.key()}-b1.json")), "the part table is cached by machine"
+
+
+class _ClockedSession:
+    """An onnxruntime-like session whose calls take the given milliseconds, in turn (the first ``warmup`` untimed)."""
+
+    def __init__(self, call_ms):
+        self.call_ms, self.calls = list(call_ms), 0
+
+    def get_inputs(self):
+        return [type("Input", (), {"name": "input", "shape": ["batch", 1, 2, 2]})()]
+
+    def run(self, outputs, feed):
+        assert feed["input"].shape == (3, 1, 2, 2)
+        import time
+
+        time.sleep(self.call_ms[self.calls] / 1000)
+        self.calls += 1
+
+
+def test_steady_ms_is_the_lowest_median_of_its_rounds():
+    # one warm-up call, then 3 rounds of 3 calls: a slow spell over the first two rounds, the last round undisturbed
+    session = _ClockedSession([50, 40, 40, 40, 40, 40, 40, 5, 5, 30])
+    figure = steady_ms(session, 3, runs=9, warmup=1, rounds=3)
+    assert session.calls == 10
+    assert 5 <= figure < 20  # the undisturbed round's median (sleep only ever oversleeps), not the spell's 40

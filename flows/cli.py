@@ -135,14 +135,14 @@ def _load_search_config(config_file: Path | None, overrides: dict[str, Any]):
             TableEvaluator.load(config.table_path, config.select_metric, config.report_metric)
         except TableError as exc:
             raise UsageProblem(str(exc)) from None
-    from nas_core.data.preparation import DatasetError, read_source
+    from nas_core.data.preparation import DatasetError, read_source, ships_with_a_library
     from nas_core.search.setup import fit_space_to_data
 
     try:  # the source is there and the space fits its inputs (no --space: image or sequence, by the data)
         config = fit_space_to_data(config)
         _check_latency_provider(config)  # the space is known now: whether the search times latencies
-        if config.table_path is None:  # then its data is read and checked: bad data is bad input, found before the search
-            read_source(config.dataset, config.data_root, config.download)
+        if config.table_path is None and not ships_with_a_library(config.dataset):
+            read_source(config.dataset, config.data_root, config.download)  # bad data is bad input, found before the search
     except DatasetError as exc:
         raise UsageProblem(str(exc)) from None
     if config.init_genome is not None:  # the space is known now: the genome must be one it can propose

@@ -44,11 +44,13 @@ class SourceRequest:
 @dataclass(frozen=True)
 class Source:
     """A dataset source: ``load`` reads it; ``check`` (cheap, reads no data) raises DatasetError when it is
-    not there and returns its spatial dimensions (2 images, 1 sequences)."""
+    not there and returns its spatial dimensions (2 images, 1 sequences). A ``shipped`` source's data ships inside
+    a library (``digits``): it is always there and fit, so nothing reads it before a search just to check it."""
 
     load: Callable[[SourceRequest], RawDataset]
     check: Callable[[SourceRequest], int]
     takes_path: bool = False
+    shipped: bool = False
 
     def __call__(self, request: SourceRequest) -> RawDataset:
         """Same as ``load``: a source is the registry's factory of raw datasets."""
@@ -63,11 +65,13 @@ def _images(request: SourceRequest) -> int:
     return 2  # the default check: the source is always there and holds images
 
 
-def register_source(name: str, check: Callable[[SourceRequest], int] | None = None, takes_path: bool = False):
+def register_source(
+    name: str, check: Callable[[SourceRequest], int] | None = None, takes_path: bool = False, shipped: bool = False
+):
     """Register a loader ``(SourceRequest) -> RawDataset`` under ``name`` (``name:PATH`` when ``takes_path``)."""
 
     def decorate(loader: Callable[[SourceRequest], RawDataset]):
-        SOURCES.add(name, Source(loader, check or _images, takes_path))
+        SOURCES.add(name, Source(loader, check or _images, takes_path, shipped))
         return loader
 
     return decorate

@@ -98,6 +98,12 @@ def inspect_source(name: str, data_root: Path | None = None, download: bool = Fa
     return SOURCES[kind].check(SourceRequest(path, Path(data_root) if data_root else None, download))
 
 
+def ships_with_a_library(name: str) -> bool:
+    """Whether the dataset's source ships inside a library (``digits``): always there and fit."""
+    kind, _ = parse_dataset(name)
+    return SOURCES[kind].shipped
+
+
 def read_source(name: str, data_root: Path | None = None, download: bool = False) -> RawDataset:
     """Read a dataset's source and check it is fit for a search (:func:`nas_core.data.checks.check_raw`);
     DatasetError (one line) says what is wrong. Nothing is written."""

@@ -29,7 +29,7 @@ from nas_core.data.checks import check_class_sizes
 DOWNLOAD_HINT = "pass --download on a machine with internet access, or copy the files there"
 
 
-@register_source("digits")
+@register_source("digits", shipped=True)
 def load_digits_source(request: SourceRequest | None = None) -> RawDataset:
     """scikit-learn's 8x8 handwritten digits (1,797 images, 10 classes), shipped with the wheel."""
     from sklearn.datasets import load_digits

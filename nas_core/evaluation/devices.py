@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import gc
 import logging
+import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-
-import torch
+from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +31,24 @@ def _cuda_index(item: str, count: int) -> int:
     return index
 
 
+GPU_DRIVER_FILES = ("proc/driver/nvidia", "dev/nvidia0", "dev/nvidiactl", "dev/kfd", "dev/dxg")  # NVIDIA, ROCm, WSL
+
+
+def gpu_driver_present(root: Path = Path("/")) -> bool:
+    """Whether this machine may have a GPU torch can use: on Linux, whether any GPU driver's files exist (other
+    systems: assumed yes). Without them ``torch.cuda.device_count()`` is 0, known here without importing torch."""
+    return not sys.platform.startswith("linux") or any((root / name).exists() for name in GPU_DRIVER_FILES)
+
+
+def cuda_device_count() -> int:
+    """The CUDA devices torch sees; 0 without importing torch (seconds) on a machine with no GPU driver."""
+    if not gpu_driver_present():
+        return 0
+    import torch
+
+    return torch.cuda.device_count()
+
+
 def visible_devices(kind: str = "auto") -> list[str]:
     """Devices for ``kind``: ``"cpu"``, ``"cuda"`` (all visible GPUs), ``"auto"`` (GPUs if any, else CPU) or ``"0,1"``.
 
@@ -38,9 +56,9 @@ def visible_devices(kind: str = "auto") -> list[str]:
     so they compose with an outer ``CUDA_VISIBLE_DEVICES``.
     """
     spec = kind.strip().lower()
-    count = torch.cuda.device_count()
     if spec == "cpu":
         return ["cpu"]
+    count = cuda_device_count()
     if spec == "auto":
         return [f"cuda:{i}" for i in range(count)] or ["cpu"]
     if spec == "cuda":
@@ -66,7 +84,11 @@ def trains_on_gpus(device: str, remote_cluster: bool = False) -> bool:
 def free_memory(device: str) -> None:
     """Collect garbage and, for an initialised CUDA device, return its cached blocks to the driver."""
     gc.collect()
-    if device.startswith("cuda") and torch.cuda.is_initialized():
+    if not device.startswith("cuda"):
+        return
+    import torch
+
+    if torch.cuda.is_initialized():
         with torch.cuda.device(device):
             torch.cuda.empty_cache()
 

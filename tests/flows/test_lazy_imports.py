@@ -55,11 +55,12 @@ def bad_config(tmp_path: Path) -> Path:
         (["search", "--strategy", "nope"], EXIT_USAGE),
         (["search", "--time-budget", "5x"], EXIT_USAGE),
         (["search", "--config", "bad.yaml"], EXIT_USAGE),
+        (["search", "--output", "bad.yaml"], EXIT_USAGE),  # found after the settings, the data and the GPU check
         (["validate", str(GENOME)], EXIT_OK),
         (["--help"], EXIT_OK),
         (["search", "--help"], EXIT_OK),
     ],
-    ids=["bad-strategy", "bad-time-budget", "bad-config-value", "validate", "help", "search-help"],
+    ids=["bad-strategy", "bad-time-budget", "bad-config-value", "output-is-a-file", "validate", "help", "search-help"],
 )
 def test_answers_without_heavy_imports(tmp_path: Path, bad_config: Path, args: list[str], code: int) -> None:
     result = run_cli(args, tmp_path)

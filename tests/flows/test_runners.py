@@ -5,12 +5,12 @@ The real search on worker processes (a local Dask cluster, Prefect's process poo
 
 import dask
 import pytest
-import torch
 from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 from prefect_dask import DaskTaskRunner
 
 from flows.runners import GPU_RESOURCE, placement, task_runner, uses_gpus
 from nas_core.config import ConfigError, SearchConfig, load_config
+from nas_core.evaluation import devices
 
 
 def test_the_runner_follows_the_config():
@@ -29,7 +29,7 @@ def test_a_dask_address_without_the_dask_runner_is_refused():
 
 
 def test_gpu_candidates_claim_a_share_of_a_gpu_resource_on_dask(monkeypatch):
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(devices, "cuda_device_count", lambda: 2)
     config = SearchConfig(runner="dask", candidates_per_gpu=2)
     assert uses_gpus(config)
     with placement(config):
@@ -41,7 +41,7 @@ def test_gpu_candidates_claim_a_share_of_a_gpu_resource_on_dask(monkeypatch):
 
 
 def test_on_cpu_nothing_claims_gpus(monkeypatch):
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    monkeypatch.setattr(devices, "cuda_device_count", lambda: 0)
     assert not uses_gpus(SearchConfig())
     assert not uses_gpus(SearchConfig(runner="dask", dask_address="tcp://10.0.0.5:8786"))
     assert uses_gpus(SearchConfig(runner="dask", dask_address="tcp://10.0.0.5:8786", device="cuda"))
@@ -51,7 +51,7 @@ def test_on_cpu_nothing_claims_gpus(monkeypatch):
 def test_asking_for_gpus_that_are_not_there_is_one_line(tmp_path, monkeypatch, capsys, device, message):
     from flows.cli import EXIT_USAGE, main
 
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    monkeypatch.setattr(devices, "cuda_device_count", lambda: 0)
     monkeypatch.chdir(tmp_path)
     assert main(["search", "--device", device, "--output", str(tmp_path / "out")]) == EXIT_USAGE
     err = capsys.readouterr().err.strip().splitlines()

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from nas_core.data.base import SOURCES, RawDataset, SourceRequest, create_source, list_sources
+from nas_core.data.checks import check_raw
 from nas_core.data.preparation import SPLITS, DatasetError, inspect_source, load_prepared, parse_dataset, prepare_dataset
 from tests.conftest import REPO_ROOT
 from tests.nas_core.data.writers import write_cifar10, write_image_folder, write_mnist
@@ -113,6 +114,13 @@ def test_create_source_reads_the_raw_dataset(source, tmp_path):
     assert isinstance(raw, RawDataset)
     assert raw.images.ndim in (3, 4) and len(raw.images) == len(raw.labels) > 0
     assert len(raw.classes) >= 2 and raw.scale > 0 and raw.source
+
+
+@pytest.mark.parametrize("source", [name for name in list_sources() if SOURCES[name].shipped])
+def test_a_shipped_source_is_fit_for_a_search_without_inputs(source):
+    """The search skips reading a shipped source to check it (seconds at every start): it must need nothing and pass."""
+    assert not SOURCES[source].takes_path
+    check_raw(create_source(source), source)  # raises DatasetError when it is not fit
 
 
 def test_sources_are_registered_in_their_documented_order_and_unknown_names_are_errors():

@@ -6,6 +6,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -173,8 +174,26 @@ def test_bad_pools_rejected(devs: list[str], per_device: int) -> None:
         DeviceLeases(devs, per_device)
 
 
+def test_a_gpu_driver_is_known_by_its_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(devices.sys, "platform", "linux")
+    assert not devices.gpu_driver_present(tmp_path)
+    (tmp_path / "dev").mkdir()
+    (tmp_path / "dev" / "nvidiactl").touch()
+    assert devices.gpu_driver_present(tmp_path)
+    monkeypatch.setattr(devices.sys, "platform", "darwin")
+    assert devices.gpu_driver_present(tmp_path / "elsewhere")  # not Linux: not known from files, so torch is asked
+
+
+def test_without_a_gpu_driver_no_device_is_counted(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(devices, "gpu_driver_present", lambda root=None: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)  # torch would say otherwise: it is not asked
+    assert devices.cuda_device_count() == 0
+    monkeypatch.setattr(devices, "gpu_driver_present", lambda root=None: True)
+    assert devices.cuda_device_count() == 2
+
+
 def test_visible_devices_without_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    monkeypatch.setattr(devices, "cuda_device_count", lambda: 0)
     assert visible_devices() == ["cpu"]
     assert visible_devices("auto") == ["cpu"]
     assert visible_devices("cpu") == ["cpu"]
@@ -185,7 +204,7 @@ def test_visible_devices_without_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_visible_devices_with_two_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(devices, "cuda_device_count", lambda: 2)
     assert visible_devices() == GPUS
     assert visible_devices("cuda") == GPUS
     assert visible_devices(" CUDA ") == GPUS

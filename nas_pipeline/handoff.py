@@ -30,7 +30,7 @@ from nas_core.latency import LATENCY_METRIC
 from nas_core.provenance import TAG_PREFIX, Provenance
 from nas_core.provenance import code_version as provenance_code_version
 from nas_core.search.summary import SUMMARY_FILE, SearchSummary, SummaryError
-from nas_pipeline.latency import PROVIDER, RUNS, WARMUP, machine_of, open_session, steady_ms
+from nas_pipeline.latency import NETWORK_TIMING, PROVIDER, Timing, machine_of, open_session, steady_ms
 
 if TYPE_CHECKING:
     from nas_core.search.ports import ExportRequest
@@ -46,7 +46,6 @@ HANDOFF_DIR = "handoff"  # inside a search's output folder
 PREDICT_TEMPLATE = Path(__file__).with_name("predict_template.py")
 PREPROCESSING_KEY = "nas.preprocessing"  # ONNX metadata: {"mean": [...], "std": [...], "input_range": [lo, hi], "resize": ...}
 LATENCY_BATCH_SIZES = (1, 8, 64)
-LATENCY_RUNS, LATENCY_WARMUP = RUNS, WARMUP  # as the search times networks
 LATENCY_THREADS = 1  # pinned, as the search's latency predictor times with: the card's figures compare with it
 EXAMPLE_SIZE = 8
 METRIC_KEYS = ("val_accuracy", "val_f1", "test_accuracy", "test_f1")
@@ -127,18 +126,18 @@ class CardInputs:
 def measure_latency(
     model_path: Path,
     batch_sizes: tuple[int, ...] = LATENCY_BATCH_SIZES,
-    runs: int = LATENCY_RUNS,
+    timing: Timing = NETWORK_TIMING,
     threads: int = LATENCY_THREADS,
     provider: str = PROVIDER,
 ) -> dict[str, Any]:
     """Onnxruntime milliseconds per call for each batch size (:func:`~nas_pipeline.latency.steady_ms`: the lowest
-    median of rounds of calls, after warm-up calls), on ``provider`` with ``threads`` pinned intra-op threads; the
-    machine (CPU, cores, runtime, provider, threads) is named with the figures.
+    median of ``timing``'s rounds of calls), on ``provider`` with ``threads`` pinned intra-op threads; the machine
+    (CPU, cores, runtime, provider, threads) and the timing are named with the figures.
     The provider named is the one the session runs on (onnxruntime falls back to the CPU for one it does not have)."""
     session = open_session(Path(model_path), threads, provider)
     per_batch = []
     for size in batch_sizes:
-        median = steady_ms(session, size, runs, LATENCY_WARMUP)
+        median = steady_ms(session, size, timing)
         per_batch.append({"batch_size": size, "median_ms": round(median, 4), "per_input_ms": round(median / size, 4)})
     machine = machine_of(threads, session.get_providers()[0])
     return {
@@ -147,9 +146,16 @@ def measure_latency(
         "threads": threads,
         "machine": machine.describe(),
         "machine_key": machine.key(),
-        "runs": runs,
+        "timing": dataclasses.asdict(timing),
         "per_batch": per_batch,
     }
+
+
+def _timing_text(timing: dict[str, Any]) -> str:
+    return (
+        f"the lowest median of {timing['rounds']} rounds of {timing['calls']} calls, {timing['gap_seconds']:g} s apart, "
+        f"after {timing['warmup']} warm-up calls"
+    )
 
 
 def code_version() -> dict[str, Any]:
@@ -427,7 +433,7 @@ def render_markdown(card: dict[str, Any]) -> str:
         "",
         *_genome_lines(arch["genome"]),
         "",
-        f"## Latency on {lat['machine']} (median of {lat['runs']} runs after a warm-up)",
+        f"## Latency on {lat['machine']} ({_timing_text(lat['timing'])})",
         "",
         "| batch size | ms per call | ms per input |",
         "| --- | --- | --- |",

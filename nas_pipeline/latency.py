@@ -16,6 +16,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,8 +32,24 @@ if TYPE_CHECKING:
 
 PROVIDER = "CPUExecutionProvider"
 THREADS = 1  # one intra-op thread: comparable across candidates, and free of the other candidates training
-RUNS, WARMUP = 100, 10  # parts and whole networks alike; they take microseconds, so many calls are cheap
-ROUNDS = 5  # the calls are split into rounds; the figure is the lowest of their medians
+
+
+@dataclass(frozen=True)
+class Timing:
+    """How a figure is timed: ``warmup`` calls, then ``rounds`` rounds of ``calls`` calls, ``gap_seconds`` apart."""
+
+    calls: int
+    rounds: int
+    warmup: int = 10
+    gap_seconds: float = 0.0
+
+
+# A part of a network, for the predictor's table (hundreds of parts): rounds back to back, milliseconds in all.
+PART_TIMING = Timing(calls=20, rounds=5)
+# A whole network whose figure is checked against a limit or handed over (the search's check, the model card, the
+# Pareto set): rounds spread over about a second, so that a slow spell of a shared machine (seen lasting 0.1 to a few
+# seconds on a 2-core VM, every call about 2x slower) misses some of them.
+NETWORK_TIMING = Timing(calls=10, rounds=10, gap_seconds=0.1)
 
 
 def cpu_model() -> str:
@@ -64,29 +81,24 @@ def open_session(model: Path | bytes, threads: int = THREADS, provider: str = PR
     return ort.InferenceSession(source, options, providers=[provider])
 
 
-def steady_ms(
-    session: ort.InferenceSession,
-    batch_size: int,
-    runs: int,
-    warmup: int = 1,
-    rounds: int = ROUNDS,
-) -> float:
-    """Milliseconds per call of ``session`` on a random batch: after ``warmup`` calls, ``runs`` calls in ``rounds``
-    rounds, and the lowest of the rounds' medians.
+def steady_ms(session: ort.InferenceSession, batch_size: int, timing: Timing = NETWORK_TIMING) -> float:
+    """Milliseconds per call of ``session`` on a random batch: the lowest median of ``timing``'s rounds of calls.
 
-    Other work on a shared machine only ever adds time (on this project's 2-core machine the same network's median
+    Other work on a shared machine only ever adds time (on this project's 2-core VM the same network's figure
     flips between two levels about 2x apart), so the least disturbed round is the closest to the runtime's own cost:
     the reasoning of Python's ``timeit``, which reports the minimum for the same cause.
     """
     spec = session.get_inputs()[0]
     x = np.random.default_rng(0).random((batch_size, *spec.shape[1:]), dtype=np.float32)
     feed = {spec.name: x}
-    for _ in range(warmup):
+    for _ in range(timing.warmup):
         session.run(None, feed)
-    per_round, medians = max(1, runs // rounds), []
-    for _ in range(rounds):
+    medians = []
+    for index in range(timing.rounds):
+        if index and timing.gap_seconds:
+            time.sleep(timing.gap_seconds)
         times = []
-        for _ in range(per_round):
+        for _ in range(timing.calls):
             start = time.perf_counter()
             session.run(None, feed)
             times.append((time.perf_counter() - start) * 1000)
@@ -114,18 +126,26 @@ def part_onnx(module: nn.Module, input_shape: tuple[int, ...]) -> bytes:
 
 
 class OnnxTimer:
-    """Times network parts with onnxruntime on this machine (the :class:`ModuleTimer` of a search)."""
+    """Times network parts and whole networks with onnxruntime on this machine (the :class:`ModuleTimer` of a search)."""
 
-    def __init__(self, threads: int = THREADS, provider: str = PROVIDER, runs: int = RUNS, warmup: int = WARMUP):
-        self.threads, self.provider, self.runs, self.warmup = threads, provider, runs, warmup
+    def __init__(
+        self, threads: int = THREADS, provider: str = PROVIDER, part: Timing = PART_TIMING, network: Timing = NETWORK_TIMING
+    ):
+        self.threads, self.provider, self.part, self.network = threads, provider, part, network
         self._machine = machine_of(threads, provider)
 
     def machine(self) -> Machine:
         return self._machine
 
     def time_ms(self, module: nn.Module, input_shape: tuple[int, ...], batch_size: int) -> float:
+        return self._time(module, input_shape, batch_size, self.part)
+
+    def time_network_ms(self, module: nn.Module, input_shape: tuple[int, ...], batch_size: int) -> float:
+        return self._time(module, input_shape, batch_size, self.network)
+
+    def _time(self, module: nn.Module, input_shape: tuple[int, ...], batch_size: int, timing: Timing) -> float:
         session = open_session(part_onnx(module, input_shape), self.threads, self.provider)
-        return steady_ms(session, batch_size, self.runs, self.warmup)
+        return steady_ms(session, batch_size, timing)
 
 
 def predictor(
@@ -145,8 +165,7 @@ def measure_network_ms(
     input_shape: tuple[int, ...],
     batch_size: int = 1,
     threads: int = THREADS,
-    runs: int = RUNS,
-    warmup: int = WARMUP,
+    timing: Timing = NETWORK_TIMING,
 ) -> float:
     """A whole network's latency, exported exactly as the handoff exports it (checked, compared with PyTorch)."""
     from nas_pipeline.onnx_export import export_onnx
@@ -155,7 +174,7 @@ def measure_network_ms(
     with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         path = export_onnx(model, Path(folder) / "model.onnx", inputs, {}).path
-        return steady_ms(open_session(path, threads), batch_size, runs, warmup)
+        return steady_ms(open_session(path, threads), batch_size, timing)
 
 
 class MeasuredLatency:

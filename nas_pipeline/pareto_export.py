@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from nas_core.search.ports import ExportRequest, FrontModel, Tracker
-from nas_pipeline.latency import RUNS, WARMUP, open_session, steady_ms
+from nas_pipeline.latency import open_session, steady_ms
 from nas_pipeline.model_registry import Registration, register_search_best, set_aliases
 from nas_pipeline.onnx_export import ExportReport
 
@@ -33,7 +33,7 @@ def measured_ms(model: Path, request: ExportRequest) -> float:
     """Milliseconds per call of ``model`` on the handoff runtime (:func:`~nas_pipeline.latency.steady_ms`), at the
     batch size, provider and pinned threads the search predicted latencies for."""
     session = open_session(model, request.latency_threads, request.latency_provider)
-    return round(steady_ms(session, request.latency_batch, RUNS, WARMUP), 5)
+    return round(steady_ms(session, request.latency_batch), 5)
 
 
 def aliases_for(entries: Sequence[dict[str, Any]], targets: Sequence[float]) -> dict[str, str]:

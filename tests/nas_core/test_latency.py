@@ -39,6 +39,9 @@ class FakeTimer:
         weight = sum(p.numel() for p in module.parameters())
         return 0.005 + 1e-6 * (size + weight) * batch_size
 
+    def time_network_ms(self, module, input_shape, batch_size) -> float:
+        return self.time_ms(module, input_shape, batch_size)
+
 
 def predictor(space: str, timer: FakeTimer, folder=None, batch: int = 1) -> LatencyPredictor:
     shape = SHAPES[space]

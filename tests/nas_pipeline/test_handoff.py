@@ -392,8 +392,9 @@ def tiny_inputs(predicted: PredictedLatency | None) -> CardInputs:
 
 MEASURED = {
     "runtime": "onnxruntime 1", "provider": "CPUExecutionProvider", "threads": 1, "machine": "here", "machine_key": "k",
-    "runs": 5, "per_batch": [{"batch_size": 1, "median_ms": 0.04, "per_input_ms": 0.04},
-                             {"batch_size": 8, "median_ms": 0.2, "per_input_ms": 0.025}],
+    "timing": {"calls": 10, "rounds": 10, "warmup": 10, "gap_seconds": 0.1},
+    "per_batch": [{"batch_size": 1, "median_ms": 0.04, "per_input_ms": 0.04},
+                  {"batch_size": 8, "median_ms": 0.2, "per_input_ms": 0.025}],
 }  # fmt: skip
 
 

@@ -11,7 +11,7 @@ from nas_core.config import SearchConfig
 from nas_core.genome import Genome
 from nas_core.latency import LatencyTable
 from nas_core.spaces import create_space
-from nas_pipeline.latency import OnnxTimer, machine_of, measure_network_ms, predictor, steady_ms
+from nas_pipeline.latency import OnnxTimer, Timing, machine_of, measure_network_ms, predictor, steady_ms
 
 SMALL = {
     "nodes": [
@@ -67,9 +67,9 @@ def test_a_small_genome_is_predicted_and_measured_on_onnxruntime(tmp_path, singl
     def build(g):
         return space.build(g, (1, 8, 8), 10)
 
-    model = predictor(build, (1, 8, 8), tmp_path, timer=OnnxTimer(runs=20, warmup=2))
+    model = predictor(build, (1, 8, 8), tmp_path, timer=OnnxTimer(part=Timing(calls=5, rounds=4, warmup=2)))
     predicted = model.latency_ms(genome)
-    measured = measure_network_ms(build(genome), (1, 8, 8), runs=20)
+    measured = measure_network_ms(build(genome), (1, 8, 8), timing=Timing(calls=5, rounds=4, warmup=2))
     assert 0 < predicted < 1000 and 0 < measured < 1000
     table = json.loads(model.table.path.read_text())
     assert table["machine"] == json.loads(json.dumps(machine_of().__dict__))
@@ -124,6 +124,6 @@ class _ClockedSession:
 def test_steady_ms_is_the_lowest_median_of_its_rounds():
     # one warm-up call, then 3 rounds of 3 calls: a slow spell over the first two rounds, the last round undisturbed
     session = _ClockedSession([50, 40, 40, 40, 40, 40, 40, 5, 5, 30])
-    figure = steady_ms(session, 3, runs=9, warmup=1, rounds=3)
+    figure = steady_ms(session, 3, Timing(calls=3, rounds=3, warmup=1))
     assert session.calls == 10
     assert 5 <= figure < 20  # the undisturbed round's median (sleep only ever oversleeps), not the spell's 40

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from nas_core.config import ConfigError, SearchConfig
 from nas_core.genome import Genome
-from nas_core.latency import LATENCY_METRIC
+from nas_core.latency import LATENCY_METRIC, LIMIT_MARGIN
 from nas_core.search.proposing import Proposer
 from nas_core.strategies import CandidateResult, list_strategies
 from tests.nas_core.test_latency import FakeTimer
@@ -114,11 +114,10 @@ def test_single_objective_strategies_take_a_cost_objective_as_its_limit(strategy
 class WholeNetworks(FakeTimer):
     """Parts as FakeTimer times them; a whole network (the builder's) at 1 ms per 1,000 parameters."""
 
-    def time_ms(self, module, input_shape, batch_size) -> float:
-        if type(module).__name__ == NETWORK_CLASS:
-            self.calls.append(("network", tuple(input_shape), batch_size))
-            return sum(p.numel() for p in module.parameters()) / 1000
-        return super().time_ms(module, input_shape, batch_size)
+    def time_network_ms(self, module, input_shape, batch_size) -> float:
+        assert type(module).__name__ == NETWORK_CLASS
+        self.calls.append(("network", tuple(input_shape), batch_size))
+        return sum(p.numel() for p in module.parameters()) / 1000
 
 
 def conv_genome(channels: int) -> Genome:
@@ -150,3 +149,20 @@ def test_the_best_is_the_most_accurate_that_meets_the_limit_when_measured(tmp_pa
     assert len([c for c in timer.calls if c[0] == "network"]) == 2, "each network is measured once"
     search.records = [records[0]]
     assert search.best() is None
+
+
+class Measures(FakeTimer):
+    """Parts as FakeTimer times them; every whole network at ``network_ms``."""
+
+    def __init__(self, network_ms: float) -> None:
+        super().__init__()
+        self.network_ms = network_ms
+
+    def time_network_ms(self, module, input_shape, batch_size) -> float:
+        return self.network_ms
+
+
+@pytest.mark.parametrize(("measured", "meets"), [(0.9, True), (1 - LIMIT_MARGIN, True), (0.97, False), (1.0, False)])
+def test_a_network_meets_the_limit_only_with_a_margin_for_measuring_it_again(tmp_path, measured, meets):
+    made = proposer(tmp_path, Measures(measured), max_latency_ms=1.0)
+    assert made.meets_latency_limit(conv_genome(4)) is meets

@@ -8,9 +8,10 @@ Then, per strategy and seed, one real ``nas search --max-latency-ms LIMIT`` (a s
 evaluations in generations of ``--population``.
 
 Per search: the best validation accuracy, and the winner's latency as predicted and as **measured** on its
-exported ONNX model (the handoff card times it at the search's batch size, provider and threads); whether the
-measured figure meets the limit. Per dataset and strategy: mean, standard deviation and 95 % interval of the best
-validation accuracy, and how many winners met the limit when measured.
+exported ONNX model (the handoff card times it at the search's batch size, provider and threads) and measured
+again here, in this process, from the handed-over file; whether each measured figure meets the limit. Per dataset
+and strategy: mean, standard deviation and 95 % interval of the best validation accuracy, and how many winners met
+the limit by each measurement.
 
     python benchmarks/latency_constrained.py --json benchmarks/results/latency_constrained.json
 """
@@ -64,10 +65,14 @@ def latency_limit(project: Path, dataset: str, genomes: int, percentile: float, 
 
 
 def winner_latency(summary: dict[str, Any]) -> dict[str, Any]:
-    """The winner's predicted and measured latency at the search's batch size, from its handoff card."""
+    """The winner's latency at the search's batch size (1): predicted and measured by the search (from its handoff
+    card), and measured again here, in this process, from the handed-over file."""
+    from nas_pipeline.latency import open_session, steady_ms
+
     card = json.loads((Path(summary["best"]["handoff_path"]) / "model_card.json").read_text())
     predicted = card["latency"]["predicted"]
-    return {"predicted_ms": predicted["predicted_ms"], "measured_ms": predicted["measured_ms"]}
+    again = steady_ms(open_session(Path(summary["best"]["onnx_path"])), predicted["batch_size"])
+    return {"predicted_ms": predicted["predicted_ms"], "measured_ms": predicted["measured_ms"], "again_ms": round(again, 5)}
 
 
 def run(args: argparse.Namespace, root: Path) -> list[dict[str, Any]]:
@@ -86,26 +91,28 @@ def run(args: argparse.Namespace, root: Path) -> list[dict[str, Any]]:
                 best = summary["best"]
                 winner = winner_latency(summary) | {"val_accuracy": best["val_accuracy"], "seconds": round(wall, 1)}
                 winner["meets_limit"] = winner["measured_ms"] is not None and winner["measured_ms"] <= limit
+                winner["meets_limit_again"] = winner["again_ms"] <= limit
                 outcomes.append((float(best["val_accuracy"]), False))
                 winners.append(winner)
                 console.print(f"{dataset} {strategy} seed {seed}: best val {best['val_accuracy']:.4f}, winner "
-                              f"{winner['predicted_ms']} ms predicted, {winner['measured_ms']} ms measured")  # fmt: skip
+                              f"{winner['predicted_ms']} ms predicted, {winner['measured_ms']} ms measured, "
+                              f"{winner['again_ms']} ms again")  # fmt: skip
             row = summarise(strategy, args.budget, outcomes)
             row.pop("found_best_frac")
-            met = sum(w["meets_limit"] for w in winners)
-            rows.append(row | {"dataset": dataset, "limit_ms": limit, "winners": winners, "met_limit": met})
+            met, again = sum(w["meets_limit"] for w in winners), sum(w["meets_limit_again"] for w in winners)
+            rows.append(row | {"dataset": dataset, "limit_ms": limit, "winners": winners, "met_limit": met, "met_again": again})
     return rows
 
 
 def print_table(rows: Sequence[dict[str, Any]], budget: int) -> None:
     table = Table(title=f"best validation accuracy after {budget} evaluations under a latency limit (real training)")
-    columns = ("dataset", "limit ms", "strategy", "seeds", "mean ± std", "95% CI", "winners measured under the limit")
+    columns = ("dataset", "limit ms", "strategy", "seeds", "mean ± std", "95% CI", "under the limit: card", "measured again")
     for column in columns:
         table.add_column(column, justify="left" if column in ("dataset", "strategy") else "right")
     for r in rows:
         low, high = r["ci95"]
         table.add_row(r["dataset"], f"{r['limit_ms']:.4g}", r["strategy"], str(r["seeds"]), f"{r['mean']:.4f} ± {r['std']:.4f}",
-                      f"[{low:.4f}, {high:.4f}]", f"{r['met_limit']}/{r['seeds']}")  # fmt: skip
+                      f"[{low:.4f}, {high:.4f}]", f"{r['met_limit']}/{r['seeds']}", f"{r['met_again']}/{r['seeds']}")  # fmt: skip
     report_console().print(table)
 
 

@@ -22,11 +22,12 @@ def free_local_port() -> int:
 def claim_temporary_server() -> int | None:
     """Register this process's temporary Prefect server on a port from the OS; its port, or None when
     Prefect's API URL is set (environment or profile) or a temporary server is already set up here (it is then kept)."""
-    from prefect.server.api.server import SubprocessASGIServer
     from prefect.settings import PREFECT_API_URL
 
-    if PREFECT_API_URL.value():
+    if PREFECT_API_URL.value():  # before importing Prefect's server (seconds), which a search with a server never needs
         return None
+    from prefect.server.api.server import SubprocessASGIServer
+
     if None in SubprocessASGIServer._instances:  # noqa: SLF001 - Prefect's registry of the temporary server
         return None
     server = SubprocessASGIServer(port=free_local_port())

@@ -45,3 +45,26 @@ def test_nothing_is_claimed_when_a_server_url_is_set_or_one_is_registered(no_tem
     with temporary_settings({PREFECT_API_URL: None}):
         assert claim_temporary_server() is None
     assert SubprocessASGIServer() is existing
+
+
+@pytest.mark.slow  # a fresh interpreter
+def test_with_a_server_url_prefects_own_server_is_not_even_imported(tmp_path):
+    """Importing Prefect's server takes seconds; a search against ``nas up`` or a team server never needs it."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO_ROOT
+
+    probe = (
+        "import json, sys\nfrom flows.temporary_server import claim_temporary_server\n"
+        "print(json.dumps([claim_temporary_server(), 'prefect.server.api.server' in sys.modules]))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "PREFECT_HOME": str(tmp_path), "PREFECT_API_URL": "http://127.0.0.1:9/api"}
+    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120, check=True)
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == [None, False]
+    env.pop("PREFECT_API_URL")
+    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120, check=True)
+    port, imported = json.loads(done.stdout.strip().splitlines()[-1])
+    assert port is not None and imported, "without a URL the temporary server is claimed (the check above can fail)"

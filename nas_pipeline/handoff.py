@@ -30,7 +30,7 @@ from nas_core.latency import LATENCY_METRIC
 from nas_core.provenance import TAG_PREFIX, Provenance
 from nas_core.provenance import code_version as provenance_code_version
 from nas_core.search.summary import SUMMARY_FILE, SearchSummary, SummaryError
-from nas_pipeline.latency import NETWORK_TIMING, PROVIDER, Timing, machine_of, open_session, steady_ms
+from nas_pipeline.latency import NETWORK_TIMING, PROVIDER, Timing, machine_of, open_session, steady_ms_each
 
 if TYPE_CHECKING:
     from nas_core.search.ports import ExportRequest
@@ -130,15 +130,15 @@ def measure_latency(
     threads: int = LATENCY_THREADS,
     provider: str = PROVIDER,
 ) -> dict[str, Any]:
-    """Onnxruntime milliseconds per call for each batch size (:func:`~nas_pipeline.latency.steady_ms`: the lowest
+    """Onnxruntime milliseconds per call for each batch size (:func:`~nas_pipeline.latency.steady_ms_each`: the lowest
     median of ``timing``'s rounds of calls), on ``provider`` with ``threads`` pinned intra-op threads; the machine
     (CPU, cores, runtime, provider, threads) and the timing are named with the figures.
     The provider named is the one the session runs on (onnxruntime falls back to the CPU for one it does not have)."""
     session = open_session(Path(model_path), threads, provider)
-    per_batch = []
-    for size in batch_sizes:
-        median = steady_ms(session, size, timing)
-        per_batch.append({"batch_size": size, "median_ms": round(median, 4), "per_input_ms": round(median / size, 4)})
+    per_batch = [
+        {"batch_size": size, "median_ms": round(ms, 4), "per_input_ms": round(ms / size, 4)}
+        for size, ms in steady_ms_each(session, batch_sizes, timing).items()
+    ]
     machine = machine_of(threads, session.get_providers()[0])
     return {
         "runtime": machine.runtime,

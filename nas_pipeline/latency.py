@@ -15,7 +15,7 @@ import statistics
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -88,22 +88,32 @@ def steady_ms(session: ort.InferenceSession, batch_size: int, timing: Timing = N
     flips between two levels about 2x apart), so the least disturbed round is the closest to the runtime's own cost:
     the reasoning of Python's ``timeit``, which reports the minimum for the same cause.
     """
+    return steady_ms_each(session, (batch_size,), timing)[batch_size]
+
+
+def steady_ms_each(
+    session: ort.InferenceSession, batch_sizes: Sequence[int], timing: Timing = NETWORK_TIMING
+) -> dict[int, float]:
+    """:func:`steady_ms` of each batch size, the sizes taking turns within each round: the rounds' spread over time
+    is shared, so several sizes cost about what one does."""
     spec = session.get_inputs()[0]
-    x = np.random.default_rng(0).random((batch_size, *spec.shape[1:]), dtype=np.float32)
-    feed = {spec.name: x}
-    for _ in range(timing.warmup):
-        session.run(None, feed)
-    medians = []
+    rng = np.random.default_rng(0)
+    feeds = {size: {spec.name: rng.random((size, *spec.shape[1:]), dtype=np.float32)} for size in dict.fromkeys(batch_sizes)}
+    for feed in feeds.values():
+        for _ in range(timing.warmup):
+            session.run(None, feed)
+    medians: dict[int, list[float]] = {size: [] for size in feeds}
     for index in range(timing.rounds):
         if index and timing.gap_seconds:
             time.sleep(timing.gap_seconds)
-        times = []
-        for _ in range(timing.calls):
-            start = time.perf_counter()
-            session.run(None, feed)
-            times.append((time.perf_counter() - start) * 1000)
-        medians.append(statistics.median(times))
-    return min(medians)
+        for size, feed in feeds.items():
+            times = []
+            for _ in range(timing.calls):
+                start = time.perf_counter()
+                session.run(None, feed)
+                times.append((time.perf_counter() - start) * 1000)
+            medians[size].append(statistics.median(times))
+    return {size: min(values) for size, values in medians.items()}
 
 
 def part_onnx(module: nn.Module, input_shape: tuple[int, ...]) -> bytes:

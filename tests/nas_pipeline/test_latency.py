@@ -11,7 +11,7 @@ from nas_core.config import SearchConfig
 from nas_core.genome import Genome
 from nas_core.latency import LatencyTable
 from nas_core.spaces import create_space
-from nas_pipeline.latency import OnnxTimer, Timing, machine_of, measure_network_ms, predictor, steady_ms
+from nas_pipeline.latency import OnnxTimer, Timing, machine_of, measure_network_ms, predictor, steady_ms, steady_ms_each
 
 SMALL = {
     "nodes": [
@@ -127,3 +127,23 @@ def test_steady_ms_is_the_lowest_median_of_its_rounds():
     figure = steady_ms(session, 3, Timing(calls=3, rounds=3, warmup=1))
     assert session.calls == 10
     assert 5 <= figure < 20  # the undisturbed round's median (sleep only ever oversleeps), not the spell's 40
+
+
+class _BatchRecorder:
+    """A session that records the batch size of every call."""
+
+    def __init__(self):
+        self.sizes = []
+
+    def get_inputs(self):
+        return [type("Input", (), {"name": "input", "shape": ["batch", 4]})()]
+
+    def run(self, outputs, feed):
+        self.sizes.append(len(feed["input"]))
+
+
+def test_several_batch_sizes_take_turns_within_each_round():
+    session = _BatchRecorder()
+    figures = steady_ms_each(session, (1, 8, 1), Timing(calls=2, rounds=3, warmup=1))
+    assert list(figures) == [1, 8] and all(ms >= 0 for ms in figures.values())  # a size asked twice is timed once
+    assert session.sizes == [1, 8] + [1, 1, 8, 8] * 3  # the warm-up calls, then each round times every size

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import configparser
 import json
 import os
 import subprocess
@@ -39,6 +40,20 @@ def _git_toplevel(root: Path) -> Path | None:
     return Path(proc.stdout.strip()).resolve() if proc.returncode == 0 else None
 
 
+def _names_a_default_remote(root: Path) -> bool:
+    """Whether the project's own DVC config (``.dvc/config`` or ``config.local``) sets ``core.remote``: read here,
+    where asking ``dvc remote list`` costs a DVC process (most of a second)."""
+    for name in ("config", "config.local"):
+        parser = configparser.ConfigParser(strict=False, interpolation=None)
+        try:
+            parser.read(root / ".dvc" / name)
+        except configparser.Error:
+            continue
+        if parser.get("core", "remote", fallback="").strip():
+            return True
+    return False
+
+
 def ensure_repo(root: Path) -> None:
     """Initialise DVC in ``root`` if needed (beside git when there is one) with a default local remote."""
     root = Path(root).resolve()
@@ -46,7 +61,7 @@ def ensure_repo(root: Path) -> None:
         top = _git_toplevel(root)
         flags = ["--no-scm"] if top is None else ([] if top == root else ["--subdir"])
         run_dvc(root, "init", "--quiet", *flags)
-    if not run_dvc(root, "remote", "list").strip():
+    if not _names_a_default_remote(root) and not run_dvc(root, "remote", "list").strip():
         run_dvc(root, "remote", "add", "--default", DEFAULT_REMOTE, DEFAULT_REMOTE_URL)
 
 
@@ -68,6 +83,11 @@ def tracked_version(root: Path) -> str:
         return str(outs[0]["md5"])
     except (OSError, yaml.YAMLError, KeyError, IndexError, TypeError) as exc:
         raise VersioningError(f"cannot read the data version from {path}: {exc}") from None
+
+
+def _file_stats(folder: Path) -> dict[str, tuple[int, int]]:
+    """Every file under ``folder``: its size and modification time (ns); files are only ever replaced, never edited."""
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()}
 
 
 class DataIntegrityError(VersioningError):
@@ -143,8 +163,12 @@ class DvcDataStore:
         with machine_lock("dvc", str(root)):  # two searches starting at once on one project take turns
             ensure_repo(root)
             check_data(root)
+            before = _file_stats(root / DATA_DIR)
             path = prepare_dataset(dataset, root / DATA_DIR, DATA_SEED, data_root, download)
-            version = track_data(root)
+            if (root / DVC_FILE).is_file() and _file_stats(root / DATA_DIR) == before:
+                version = tracked_version(root)  # checked above and not a file rewritten: `dvc add` would change nothing
+            else:
+                version = track_data(root)
             push_data(root)
         return DatasetRef(dataset, version, path)
 

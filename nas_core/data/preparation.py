@@ -9,6 +9,7 @@ layout: ``{train,val,test}_{x,y}.npy`` (x float32, N x C x H x W images or N x C
 
 from __future__ import annotations
 
+import filecmp
 import hashlib
 import itertools
 import json
@@ -169,16 +170,26 @@ def _scaled(images: np.ndarray, idx: np.ndarray, scale: float) -> np.ndarray:
     return out
 
 
+def _replace_if_changed(tmp: Path, path: Path) -> None:
+    """Move ``tmp`` over ``path``, unless ``path`` already holds the same bytes: then it is kept, with its mtime, so
+    DVC does not hash it again and a search can tell that nothing changed."""
+    if path.is_file() and filecmp.cmp(tmp, path, shallow=False):
+        tmp.unlink()
+    else:
+        os.replace(tmp, path)
+
+
 def _save(path: Path, array: np.ndarray) -> None:
     """``np.save`` through a temporary file, so a crash never leaves half a file."""
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "wb") as handle:
         np.save(handle, array)
-    os.replace(tmp, path)
+    _replace_if_changed(tmp, path)
 
 
 def prepare_dataset(name: str, data_dir: Path, seed: int = 0, data_root: Path | None = None, download: bool = False) -> Path:
-    """Write ``data_dir/<folder>/`` (``{split}_x.npy``, ``{split}_y.npy``, ``meta.json``); same bytes every time.
+    """Write ``data_dir/<folder>/`` (``{split}_x.npy``, ``{split}_y.npy``, ``meta.json``); same bytes every time,
+    and a file that already holds them is left untouched.
 
     ``data_root`` is where torchvision's datasets are (``download`` fetches them there when missing).
     The source is read and checked before anything is written.
@@ -214,7 +225,7 @@ def prepare_dataset(name: str, data_dir: Path, seed: int = 0, data_root: Path | 
         meta.update(ndim=raw.images.ndim - 2, resize=raw.resize, scale=float(raw.scale))
     tmp = out / ".meta.json.tmp"
     tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, out / "meta.json")
+    _replace_if_changed(tmp, out / "meta.json")
     return out
 
 

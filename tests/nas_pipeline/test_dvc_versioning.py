@@ -4,8 +4,10 @@ import subprocess
 import pytest
 
 from nas_core.data.preparation import prepare_dataset
+from nas_pipeline import dvc_versioning
 from nas_pipeline.dvc_versioning import (
     DataIntegrityError,
+    DvcDataStore,
     VersioningError,
     check_data,
     ensure_repo,
@@ -67,6 +69,36 @@ def test_ensure_repo_works_outside_git(tmp_path):
     assert (tmp_path / ".dvc" / "config").is_file()
     ensure_repo(tmp_path)  # idempotent
     assert run_dvc(tmp_path, "remote", "list").count("local") == 1
+
+
+def test_a_default_remote_in_the_projects_config_is_read_without_asking_dvc(tmp_path):
+    (tmp_path / ".dvc").mkdir()
+    assert not dvc_versioning._names_a_default_remote(tmp_path)
+    (tmp_path / ".dvc" / "config").write_text("[core]\n    autostage = true\n")
+    assert not dvc_versioning._names_a_default_remote(tmp_path), "a config without core.remote"
+    (tmp_path / ".dvc" / "config.local").write_text("[core]\n    remote = mine\n['remote \"mine\"']\n    url = /x\n")
+    assert dvc_versioning._names_a_default_remote(tmp_path)
+
+
+@pytest.mark.slow  # real DVC processes
+def test_preparing_unchanged_data_again_needs_no_dvc_add(project, monkeypatch):
+    calls = []
+    real = dvc_versioning.run_dvc
+
+    def recorded(root, *args):
+        calls.append(args[0] if args[0] != "remote" else " ".join(args[:2]))
+        return real(root, *args)
+
+    monkeypatch.setattr(dvc_versioning, "run_dvc", recorded)
+    first = DvcDataStore(project).prepare("digits")
+    assert "add" in calls
+    calls.clear()
+    again = DvcDataStore(project).prepare("digits")
+    assert again.version == first.version == tracked_version(project)
+    assert calls == ["data", "push"], "a status check and a push: the remote is read from the config, nothing is added"
+    (project / "data" / "digits" / "meta.json").write_text("{}\n")  # a changed file is caught, never tracked quietly
+    with pytest.raises(DataIntegrityError):
+        DvcDataStore(project).prepare("digits")
 
 
 def test_broken_dvc_file_is_a_clear_error(tmp_path):

@@ -89,6 +89,20 @@ def test_preparing_twice_gives_byte_identical_files(source, tmp_path):
 
 
 @pytest.mark.parametrize("source", list_sources())
+def test_preparing_again_leaves_identical_files_untouched(source, tmp_path):
+    for name, root in datasets(source, tmp_path):
+        folder = prepare_dataset(name, tmp_path / "data", data_root=root)
+        stamps = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+        os.utime(folder / "meta.json", ns=(1, 1))  # an old stamp: a rewrite would be seen even within one clock tick
+        prepare_dataset(name, tmp_path / "data", data_root=root)
+        assert (folder / "meta.json").stat().st_mtime_ns == 1, name
+        assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir() if p.name != "meta.json"} == {
+            k: v for k, v in stamps.items() if k != "meta.json"
+        }
+        assert not list(folder.glob(".*.tmp")), "no temporary file is left behind"
+
+
+@pytest.mark.parametrize("source", list_sources())
 def test_prepared_splits_match_the_check_and_load_back(source, tmp_path):
     for name, root in datasets(source, tmp_path):
         kind, path = parse_dataset(name)

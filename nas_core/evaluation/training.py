@@ -175,6 +175,19 @@ class CandidateFailed(Exception):
     """Training of a candidate had to stop (diverged, out of memory, out of time)."""
 
 
+def preload_optimizer_imports() -> threading.Thread:
+    """Import, in a background thread, what PyTorch's optimizers import on first use (``torch._dynamo``: about 1 s
+    of CPU), so that the first candidates do not wait for it. Meant to run while the search waits on other
+    processes (data versioning): the import then costs no wall time. Returns the (daemon) thread."""
+
+    def load() -> None:
+        import torch._dynamo  # noqa: F401 - imported for its side effect: the module is cached for the optimizers
+
+    thread = threading.Thread(target=load, name="preload-optimizer-imports", daemon=True)
+    thread.start()
+    return thread
+
+
 def _make_optimizer(model: nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
     # CUDA: one fused kernel per step. CPU: foreach runs the very kernels of the per-parameter loop (identical
     # results) with less Python per step; fused CPU Adam would round differently.

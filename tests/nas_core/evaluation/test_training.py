@@ -413,3 +413,22 @@ def test_a_training_nobody_will_continue_keeps_no_state(digits):
     skipped = train_genome(good_genome(), digits, TrainConfig(epochs=1, seed=0), keep_state=False)
     assert kept.state is not None and skipped.state is None
     assert skipped.history == kept.history and skipped.test_accuracy == kept.test_accuracy
+
+
+@pytest.mark.slow  # a fresh interpreter
+def test_preloading_imports_what_the_first_optimizer_would(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO_ROOT
+
+    probe = (
+        "import json, sys\nfrom nas_core.evaluation.training import preload_optimizer_imports\n"
+        "before = 'torch._dynamo' in sys.modules\npreload_optimizer_imports().join()\n"
+        "print(json.dumps([before, 'torch._dynamo' in sys.modules]))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    done = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == [False, True], done.stderr

@@ -34,7 +34,7 @@ if str(REPO_ROOT) not in sys.path:  # run as a script from a checkout
 
 from benchmarks.common import environment, median, nas_search, report_console, running_stack, scratch_project  # noqa: E402
 
-TARGET_OVERHEAD = 0.05
+TARGET_OVERHEAD_WALL, TARGET_OVERHEAD_OWN = 0.25, 0.15  # issue 14, with nas up: of the process's and the search's time
 TARGET_PER_CANDIDATE = 0.1  # seconds a candidate spends outside its fit (issue 14)
 PACKAGES = ("torch", "prefect", "mlflow", "dvc", "onnx", "onnxruntime")
 # (key in the breakdown, label, what it covers); search stages are keys of summary["timings"]
@@ -152,12 +152,15 @@ def print_report(result: dict[str, float | None], title: str, console: Console |
             f"latency prediction: {latency:.2f} s ({_share(latency, wall)} of wall, {latency / count:.3f} s per candidate; "
             "inside propose and candidates, timing new parts included)"
         )
-    share = result.get("overhead_share")
-    if share is None:
+    share, training, elapsed = result.get("overhead_share"), result.get("training"), result.get("elapsed")
+    if share is None or training is None:
         console.print("overhead: - (summary.json has no train_started/train_ended per candidate)")
-    else:
-        verdict = "[green]met[/green]" if share <= TARGET_OVERHEAD else "[red]missed[/red]"
-        console.print(f"overhead: {100 * share:.1f} % of wall (target <= {100 * TARGET_OVERHEAD:.0f} %: {verdict})")
+        return
+    own = 1 - training / elapsed if elapsed else None
+    for what, value, target in (("wall", share, TARGET_OVERHEAD_WALL), ("the search's own time", own, TARGET_OVERHEAD_OWN)):
+        if value is not None:
+            verdict = "[green]met[/green]" if value <= target else "[red]missed[/red]"
+            console.print(f"overhead: {100 * value:.1f} % of {what} (target with nas up <= {100 * target:.0f} %: {verdict})")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -40,6 +40,9 @@ def test_the_report_judges_the_time_per_candidate_outside_fit():
     overhead.print_report(overhead.aggregate([overhead.breakdown(summary(), wall=20.0)]), "t", Console(file=out, width=200))
     assert "per candidate outside fit: 0.75 s on average" in out.getvalue()
     assert "target < 0.1 s: missed" in out.getvalue()
+    # training 8 s of 20 s wall and of 14 s of the search's own time: 60 % and 43 %, over both targets
+    assert "overhead: 60.0 % of wall (target with nas up <= 25 %: missed)" in out.getvalue()
+    assert "overhead: 42.9 % of the search's own time (target with nas up <= 15 %: missed)" in out.getvalue()
 
 
 def test_latency_prediction_is_reported_apart_from_the_stages_it_runs_inside():

@@ -6,7 +6,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from sklearn.metrics import f1_score
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -17,6 +16,8 @@ def accuracy(predictions: np.ndarray, labels: np.ndarray) -> float:
 
 def macro_f1(predictions: np.ndarray, labels: np.ndarray, num_classes: int) -> float:
     """Macro-averaged F1 over all classes (a class never predicted nor present scores 0)."""
+    from sklearn.metrics import f1_score  # here: importing it takes a second, which a search spends while it waits
+
     return float(f1_score(labels, predictions, labels=list(range(num_classes)), average="macro", zero_division=0))
 
 

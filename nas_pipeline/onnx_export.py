@@ -8,8 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnx
-import onnxruntime as ort
 import torch
 from torch import nn
 
@@ -41,6 +39,8 @@ def _torch_logits(model: nn.Module, inputs: np.ndarray) -> np.ndarray:
 
 def check_parity(path: Path, model: nn.Module, inputs: np.ndarray) -> float:
     """Max |logit difference| between onnxruntime and PyTorch on ``inputs`` (batched, then one by one)."""
+    import onnxruntime as ort
+
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     expected = _torch_logits(model, inputs)
     batched = session.run([OUTPUT_NAME], {INPUT_NAME: inputs})[0]
@@ -61,6 +61,8 @@ def export_onnx(
     parity check. The file is written as ``.<name>.tmp`` beside ``path`` first: a kill leaves nothing else behind,
     and the next export (or a resume) removes it.
     """
+    import onnx  # here, like onnxruntime: a search imports them only when it exports (a second it does not spend first)
+
     if len(inputs) < 1:
         raise ExportError("the parity check needs at least 1 input, got none")
     model = model.cpu().eval()
@@ -103,4 +105,6 @@ def export_onnx(
 
 def read_metadata(path: Path) -> dict[str, str]:
     """The metadata embedded in an ONNX file."""
+    import onnx
+
     return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}

@@ -14,7 +14,6 @@ import math
 from collections.abc import Callable, Sequence
 
 import torch
-from scipy.stats import spearmanr
 from torch import nn
 
 from nas_core.builder import Normalize
@@ -135,5 +134,7 @@ def rank_correlation(scores: Sequence[float], accuracies: Sequence[float]) -> fl
     pairs = [(s, a) for s, a in zip(scores, accuracies, strict=True) if math.isfinite(s) and math.isfinite(a)]
     if len(pairs) < 3 or len({s for s, _ in pairs}) < 2 or len({a for _, a in pairs}) < 2:
         return None
+    from scipy.stats import spearmanr  # here: scipy takes most of a second to import, and searches rarely need it
+
     rho = spearmanr([s for s, _ in pairs], [a for _, a in pairs]).statistic
     return float(rho)

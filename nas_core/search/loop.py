@@ -26,7 +26,7 @@ from nas_core.data.preparation import PreparedData, load_prepared
 from nas_core.evaluation.packing import GpuWatch
 from nas_core.evaluation.stopping import clear_stop, request_stop
 from nas_core.evaluation.table import TableEvaluator
-from nas_core.evaluation.training import preload_optimizer_imports
+from nas_core.evaluation.training import preload_training_imports
 from nas_core.evaluation.worker import remember_data
 from nas_core.genome import Genome
 from nas_core.latency import ModuleTimer
@@ -198,7 +198,7 @@ class Search:
         if self.table is not None:
             self.dataset = DatasetRef(f"table:{self.table.path.name}", self.table.version, self.table.path.resolve())
         else:
-            preload_optimizer_imports()  # while the data store waits on DVC
+            preload_training_imports()  # while the data store waits on DVC
             self.dataset = self.data_store.prepare(self.config.dataset, self.config.data_root, self.config.download)
             self.data = load_prepared(self.dataset.path.parent, self.config.dataset)  # just prepared and versioned
             remember_data(self.data_store, self.config.dataset, self.dataset.version, self.data)  # workers here reuse it

@@ -416,7 +416,7 @@ def test_a_training_nobody_will_continue_keeps_no_state(digits):
 
 
 @pytest.mark.slow  # a fresh interpreter
-def test_preloading_imports_what_the_first_optimizer_would(tmp_path):
+def test_preloading_imports_what_the_first_training_would(tmp_path):
     import json
     import os
     import subprocess
@@ -425,10 +425,10 @@ def test_preloading_imports_what_the_first_optimizer_would(tmp_path):
     from tests.conftest import REPO_ROOT
 
     probe = (
-        "import json, sys\nfrom nas_core.evaluation.training import preload_optimizer_imports\n"
-        "before = 'torch._dynamo' in sys.modules\npreload_optimizer_imports().join()\n"
-        "print(json.dumps([before, 'torch._dynamo' in sys.modules]))"
+        "import json, sys\nfrom nas_core.evaluation.training import preload_training_imports\n"
+        "names = ('torch._dynamo', 'sklearn.metrics')\nbefore = [n in sys.modules for n in names]\n"
+        "preload_training_imports().join()\nprint(json.dumps([before, [n in sys.modules for n in names]]))"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     done = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
-    assert json.loads(done.stdout.strip().splitlines()[-1]) == [False, True], done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == [[False, False], [True, True]], done.stderr

@@ -87,7 +87,8 @@ def tracked_version(root: Path) -> str:
 
 def _file_stats(folder: Path) -> dict[str, tuple[int, int]]:
     """Every file under ``folder``: its size and modification time (ns); files are only ever replaced, never edited."""
-    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()}
+    stats = {str(p.relative_to(folder)): p.stat() for p in folder.rglob("*") if p.is_file()}
+    return {name: (stat.st_size, stat.st_mtime_ns) for name, stat in stats.items()}
 
 
 class DataIntegrityError(VersioningError):

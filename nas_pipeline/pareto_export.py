@@ -3,19 +3,22 @@
 Each front model (chosen by the core, :mod:`nas_core.search.front`) is exported like the best: ONNX checked by
 ``onnx.checker`` and against PyTorch, logged on the search's run, registered as a version of the dataset's
 registered model (never moving ``champion``: that alias follows the best, by validation accuracy), and given its
-own handoff bundle, in ``<output>/pareto/<hash>/``. Then every handed-over model, the best included, is timed on
-the handoff runtime at the search's latency batch size and threads, and the aliases are set from those measured
-figures: ``fastest``, and ``under_<X>ms`` for each latency target X (the most accurate model measured under it).
+own handoff bundle, in ``<output>/pareto/<hash>/``. Every handed-over model, the best included, has its latency
+on the handoff runtime at the search's latency batch size and threads (its model card's figure), and the aliases
+are set from those measured figures: ``fastest``, and ``under_<X>ms`` for each latency target X (the most accurate
+model measured under it).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from nas_core.search.ports import ExportRequest, FrontModel, Tracker
+from nas_pipeline.handoff import CARD_JSON
 from nas_pipeline.latency import open_session, steady_ms
 from nas_pipeline.model_registry import Registration, register_search_best, set_aliases
 from nas_pipeline.onnx_export import ExportReport
@@ -29,10 +32,18 @@ def tier_alias(target_ms: float) -> str:
     return f"under_{target_ms:g}ms".replace(".", "p")
 
 
-def measured_ms(model: Path, request: ExportRequest) -> float:
-    """Milliseconds per call of ``model`` on the handoff runtime (:func:`~nas_pipeline.latency.steady_ms`), at the
-    batch size, provider and pinned threads the search predicted latencies for."""
-    session = open_session(model, request.latency_threads, request.latency_provider)
+def measured_ms(item: dict[str, Any], request: ExportRequest) -> float:
+    """Milliseconds per call of a handed-over model on the handoff runtime (:func:`~nas_pipeline.latency.steady_ms`),
+    at the batch size, provider and pinned threads the search predicted latencies for: its model card's figure when
+    the card was timed so (it is timed the same way, about a second a model), else timed here."""
+    card = Path(item["handoff_path"]) / CARD_JSON if item.get("handoff_path") else None
+    if card is not None and card.is_file():
+        latency = json.loads(card.read_text())["latency"]
+        if (latency["threads"], latency["provider"]) == (request.latency_threads, request.latency_provider):
+            figure = next((r["median_ms"] for r in latency["per_batch"] if r["batch_size"] == request.latency_batch), None)
+            if figure is not None:
+                return figure
+    session = open_session(Path(item["onnx_path"]), request.latency_threads, request.latency_provider)
     return round(steady_ms(session, request.latency_batch), 5)
 
 
@@ -81,7 +92,7 @@ def entry(
 def finish_front(request: ExportRequest, entries: list[dict[str, Any]], tracker: Tracker) -> tuple[dict[str, Any], ...]:
     """Time every handed-over model, set the aliases from the measured figures, log them; the summary's ``pareto``."""
     for item in entries:
-        item["measured_latency_ms"] = measured_ms(Path(item["onnx_path"]), request)
+        item["measured_latency_ms"] = measured_ms(item, request)
         item["latency_batch"] = request.latency_batch
     aliases = aliases_for(entries, request.latency_targets)
     for item in entries:

@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 from nas_core.search.front import FRONT_DIR
 from nas_core.search.summary import SearchSummary
 from nas_pipeline.model_registry import CHAMPION_ALIAS, NOT_A_CANDIDATE
-from nas_pipeline.pareto_export import FASTEST_ALIAS, PARETO_DIR, aliases_for, tier_alias
+from nas_pipeline.pareto_export import FASTEST_ALIAS, PARETO_DIR, aliases_for, measured_ms, tier_alias
 from tests.conftest import make_project, search_directly
 
 
@@ -28,6 +28,27 @@ def test_aliases_follow_the_measured_latency_not_the_prediction():
     aliases = aliases_for(entries, (2.0, 10.0, 1.0))
     assert aliases == {FASTEST_ALIAS: "b", "under_2ms": "c", "under_10ms": "a"}  # nothing is measured under 1 ms
     assert aliases_for([], (1.0,)) == {}
+
+
+def test_a_model_whose_card_was_timed_otherwise_is_timed_again(tmp_path):
+    from types import SimpleNamespace
+
+    import torch
+
+    from nas_pipeline.latency import part_onnx
+
+    (tmp_path / "model.onnx").write_bytes(part_onnx(torch.nn.Linear(4, 3), (4,)))
+    (tmp_path / "handoff").mkdir()
+    per_batch = [{"batch_size": 1, "median_ms": 123.0, "per_input_ms": 123.0}]
+    card = {"latency": {"threads": 1, "provider": "CPUExecutionProvider", "per_batch": per_batch}}
+    (tmp_path / "handoff" / "model_card.json").write_text(json.dumps(card))
+    item = {"onnx_path": str(tmp_path / "model.onnx"), "handoff_path": str(tmp_path / "handoff")}
+    request = SimpleNamespace(latency_threads=1, latency_provider="CPUExecutionProvider", latency_batch=1)
+    assert measured_ms(item, request) == 123.0, "timed as the search times: the card's figure"
+    for other in ({"latency_threads": 2}, {"latency_batch": 8}):
+        figure = measured_ms(item, SimpleNamespace(**{**vars(request), **other}))
+        assert 0 < figure < 123.0, f"the card does not hold a figure for {other}: timed here"
+    assert 0 < measured_ms({**item, "handoff_path": None}, request) < 123.0, "no card: timed here"
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +73,8 @@ def test_every_front_model_is_exported_checked_and_bundled(front_search):
         card = json.loads((front_search.output.joinpath(model["handoff_path"]) / "model_card.json").read_text())
         assert card["architecture"]["hash"] == model["hash"]
         assert card["latency"]["predicted"]["predicted_ms"] == model["predicted_latency_ms"]
+        at_batch = next(r["median_ms"] for r in card["latency"]["per_batch"] if r["batch_size"] == model["latency_batch"])
+        assert model["measured_latency_ms"] == at_batch, "one figure per model: its card's, not a second timing"
         if not model["best"]:
             assert model["onnx_path"] == str(front_search.output / PARETO_DIR / model["hash"][:12] / "model.onnx")
     assert not (front_search.output / FRONT_DIR).exists(), "the front's weights are dropped once exported"

@@ -1,0 +1,51 @@
+"""The ``nas`` process ends without tearing the interpreter down, but only after what Python's exit would do first:
+non-daemon threads finish (Prefect's log and event workers hook in there), ``atexit`` handlers run, output is
+flushed, and the exit code is the command's."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO_ROOT
+
+pytestmark = pytest.mark.slow  # fresh interpreters
+
+PROBE = """
+import atexit, sys, threading, time
+from flows import cli
+
+out = sys.argv[1]
+def late_thread():
+    time.sleep(0.3)
+    open(out + ".thread", "w").write("finished")
+threading.Thread(target=late_thread).start()  # not a daemon: the exit waits for it
+atexit.register(lambda: open(out + ".atexit", "w").write("ran"))
+print("printed, not flushed", end="")
+sys.argv = ["nas", *sys.argv[2:]]
+cli.run()
+print("never reached")
+"""
+
+
+def _probe(tmp_path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "PREFECT_HOME": str(tmp_path / ".prefect")}
+    marker = str(tmp_path / "marker")
+    return subprocess.run(
+        [sys.executable, "-c", PROBE, marker, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+@pytest.mark.parametrize(("args", "code"), [(["--help"], 0), (["search", "--strategy", "nope"], 2)])
+def test_the_command_exits_with_its_code_after_threads_and_exit_handlers(tmp_path, args, code):
+    done = _probe(tmp_path, *args)
+    assert done.returncode == code, done.stderr
+    assert (tmp_path / "marker.thread").read_text() == "finished"
+    assert (tmp_path / "marker.atexit").read_text() == "ran"
+    assert done.stdout.startswith("printed, not flushed") and "never reached" not in done.stdout
+    if code:  # one line, as always
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: strategy: unknown strategy 'nope'")

@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import configparser
+import contextlib
 import json
 import os
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,10 +87,38 @@ def tracked_version(root: Path) -> str:
         raise VersioningError(f"cannot read the data version from {path}: {exc}") from None
 
 
-def _file_stats(folder: Path) -> dict[str, tuple[int, int]]:
-    """Every file under ``folder``: its size and modification time (ns); files are only ever replaced, never edited."""
+FileStats = dict[str, tuple[int, int, int, int]]
+VERIFIED_FILE = Path(".dvc") / "tmp" / "nas-verified.json"  # beside DVC's own state, outside git (and DVC's tmp)
+
+
+def _file_stats(folder: Path) -> FileStats:
+    """Every file under ``folder``: size, modification and change times (ns) and inode. Any write or replacement
+    changes one of them; the change time cannot be set back, so a rewrite that restores the old ``mtime`` shows too."""
     stats = {str(p.relative_to(folder)): p.stat() for p in folder.rglob("*") if p.is_file()}
-    return {name: (stat.st_size, stat.st_mtime_ns) for name, stat in stats.items()}
+    return {name: (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino) for name, st in stats.items()}
+
+
+def _remember_verified(root: Path, version: str, stats: FileStats) -> None:
+    """Record that ``data/``, with these file stats, matched ``version`` (checked by DVC, or just ``dvc add``-ed)."""
+    path = root / VERIFIED_FILE
+    with contextlib.suppress(OSError):  # only a shortcut: without it the next check asks DVC again
+        path.parent.mkdir(parents=True, exist_ok=True)
+        scratch = path.with_name(f"{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
+        scratch.write_text(json.dumps({"version": version, "files": stats}))
+        os.replace(scratch, path)
+
+
+def _verified_unchanged(root: Path, version: str) -> bool:
+    """Whether DVC found ``data/`` matching ``version`` before and no file under it was written, added, removed or
+    replaced since (the same stat shortcut DVC takes before rehashing a file, with the change time added)."""
+    try:
+        record = json.loads((root / VERIFIED_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(record, dict) or record.get("version") != version:
+        return False
+    files = record.get("files")
+    return isinstance(files, dict) and {k: tuple(v) for k, v in files.items()} == _file_stats(root / DATA_DIR)
 
 
 class DataIntegrityError(VersioningError):
@@ -128,8 +158,13 @@ def check_data(root: Path) -> None:
     root = Path(root)
     if not (root / DVC_FILE).is_file() or not (root / DATA_DIR).exists():
         return
+    version = tracked_version(root)
+    if _verified_unchanged(root, version):
+        return  # DVC's answer for exactly these files is known: asking again costs a DVC process (about a second)
+    stats = _file_stats(root / DATA_DIR)
     changes = data_changes(root)
     if not changes:
+        _remember_verified(root, version, stats)
         return
     no_manifest = bool(changes.pop("not_in_cache", None))
     parts, shown = [], 0
@@ -170,6 +205,7 @@ class DvcDataStore:
                 version = tracked_version(root)  # checked above and not a file rewritten: `dvc add` would change nothing
             else:
                 version = track_data(root)
+                _remember_verified(root, version, _file_stats(root / DATA_DIR))  # what `dvc add` hashed is the version
             push_data(root)
         return DatasetRef(dataset, version, path)
 

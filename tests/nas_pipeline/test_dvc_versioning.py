@@ -1,3 +1,4 @@
+import os
 import shutil
 import subprocess
 
@@ -95,7 +96,8 @@ def test_preparing_unchanged_data_again_needs_no_dvc_add(project, monkeypatch):
     calls.clear()
     again = DvcDataStore(project).prepare("digits")
     assert again.version == first.version == tracked_version(project)
-    assert calls == ["data", "push"], "a status check and a push: the remote is read from the config, nothing is added"
+    # the remote is read from the config; what `dvc add` hashed is known unchanged: no status check, nothing added
+    assert calls == ["push"]
     (project / "data" / "digits" / "meta.json").write_text("{}\n")  # a changed file is caught, never tracked quietly
     with pytest.raises(DataIntegrityError):
         DvcDataStore(project).prepare("digits")
@@ -189,6 +191,55 @@ def test_without_any_manifest_the_directory_hash_still_catches_a_mismatch(tracke
     assert "modified: data/;" in str(info.value) and "no file-level detail" in str(info.value)
     prepare_dataset("digits", tracked / "data")  # preparation is deterministic: same bytes, same hash
     check_data(tracked)
+
+
+def _count_dvc_calls(monkeypatch):
+    calls = []
+    real = dvc_versioning.run_dvc
+
+    def counted(root, *args):
+        calls.append(args)
+        return real(root, *args)
+
+    monkeypatch.setattr(dvc_versioning, "run_dvc", counted)
+    return calls
+
+
+def test_a_passed_check_is_not_asked_again_until_a_file_is_touched(tracked, monkeypatch):
+    calls = _count_dvc_calls(monkeypatch)
+    check_data(tracked)
+    assert len(calls) == 1, "the first check asks DVC"
+    check_data(tracked)
+    assert len(calls) == 1, "nothing under data/ changed since DVC said it matches"
+    # a file merely touched: DVC is asked again
+    path = tracked / "data" / "digits" / "train_x.npy"
+    stamp = path.stat()
+    os.utime(path, ns=(stamp.st_atime_ns, stamp.st_mtime_ns + 1))
+    check_data(tracked)
+    assert len(calls) == 2
+    # a rewrite of the same size that puts the old modification time back: its change time moved, DVC is asked
+    # (whose own stat cache then decides)
+    stamp = path.stat()
+    path.write_bytes(path.read_bytes())
+    os.utime(path, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    check_data(tracked)
+    assert len(calls) == 3
+    _flip_bytes(path)
+    with pytest.raises(DataIntegrityError, match="modified: data/digits/train_x.npy"):
+        check_data(tracked)
+    assert len(calls) == 4
+
+
+def test_a_check_passed_for_another_version_counts_for_nothing(tracked, monkeypatch):
+    check_data(tracked)
+    record = tracked / dvc_versioning.VERIFIED_FILE
+    record.write_text(record.read_text().replace(tracked_version(tracked), "another.dir"))
+    calls = _count_dvc_calls(monkeypatch)
+    check_data(tracked)
+    assert len(calls) == 1, "DVC asked again"
+    record.write_text("not json")
+    check_data(tracked)
+    assert len(calls) == 2, "an unreadable record is no shortcut either"
 
 
 def test_nothing_to_check_without_data_dvc_or_data(project, tmp_path):

@@ -13,6 +13,7 @@ import onnx
 import pytest
 
 from flows.cli import EXIT_USAGE, main
+from nas_core.data import sources
 from nas_core.data.preparation import (
     SPLITS,
     DatasetError,
@@ -237,6 +238,34 @@ def test_digits_still_reproduce_the_committed_data_version(project):
     prepare_dataset("digits", project / "data")
     assert "ndim" not in json.loads((project / "data" / "digits" / "meta.json").read_text())
     assert versioning.track_data(project) == versioning.tracked_version(REPO_ROOT)
+
+
+def test_digits_read_from_scikit_learns_file_are_load_digits_exactly(monkeypatch):
+    from sklearn.datasets import load_digits
+
+    reference = load_digits()
+    read = sources.load_digits_source()
+    assert np.array_equal(read.images, reference.images.astype(np.int64).reshape(-1, 1, 8, 8))
+    assert np.array_equal(read.labels, reference.target) and read.labels.dtype == np.int64
+    # a release that keeps the file elsewhere: load_digits itself, the same arrays
+    monkeypatch.setattr(sources, "DIGITS_FILE", ("no", "such", "file.csv.gz"))
+    again = sources.load_digits_source()
+    assert np.array_equal(again.images, read.images) and np.array_equal(again.labels, read.labels)
+
+
+@pytest.mark.slow  # a fresh interpreter
+def test_reading_the_digits_imports_no_scikit_learn(tmp_path):
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys\nfrom nas_core.data.sources import load_digits_source\n"
+        "assert len(load_digits_source().labels) == 1797\nprint(sorted(m for m in sys.modules if m.startswith('sklearn')))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    done = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
 
 
 # ---- the command line ------------------------------------------------------------------------------

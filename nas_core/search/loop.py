@@ -195,10 +195,11 @@ class Search:
         saved = files.read_saved_search(self.output) if self.resume and (self.output / files.SEARCH_FILE).is_file() else {}
         self.run_id = saved.get("mlflow_run_id", "")
         self._write_search_file()  # first thing: from here on the search can be resumed
+        preloading = None
         if self.table is not None:
             self.dataset = DatasetRef(f"table:{self.table.path.name}", self.table.version, self.table.path.resolve())
         else:
-            preload_training_imports()  # while the data store waits on DVC
+            preloading = preload_training_imports()  # while the data store waits on DVC and the tracker
             self.dataset = self.data_store.prepare(self.config.dataset, self.config.data_root, self.config.download)
             self.data = load_prepared(self.dataset.path.parent, self.config.dataset)  # just prepared and versioned
             remember_data(self.data_store, self.config.dataset, self.dataset.version, self.data)  # workers here reuse it
@@ -227,6 +228,8 @@ class Search:
             self.memory = self.tracker.memory()
             if state is None and self.config.warm_start != "reuse":
                 self._warm_start(self.memory)
+        if preloading is not None:  # a one-off cost of the process, paid here: the first candidates would wait for it
+            preloading.join()
         self.prepared = True
         return self.dataset
 

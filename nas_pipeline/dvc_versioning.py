@@ -88,7 +88,7 @@ def tracked_version(root: Path) -> str:
 
 
 FileStats = dict[str, tuple[int, int, int, int]]
-VERIFIED_FILE = Path(".dvc") / "tmp" / "nas-verified.json"  # beside DVC's own state, outside git (and DVC's tmp)
+VERIFIED_FILE = Path(".dvc") / "tmp" / "nas-verified.json"  # in DVC's own tmp folder, which git ignores
 
 
 def _file_stats(folder: Path) -> FileStats:

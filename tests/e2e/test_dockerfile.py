@@ -92,7 +92,7 @@ def test_build_context_builds_the_package(tmp_path):
         names = set(archive.namelist())
         entry_points = archive.read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert {"flows/cli.py", "nas_core/search/loop.py", "nas_core/search/gate.py", "nas_pipeline/pipeline.py"} <= names
-    assert re.search(r"^nas = flows\.cli:main$", entry_points, re.MULTILINE)
+    assert re.search(r"^nas = flows\.cli:run$", entry_points, re.MULTILINE)
 
 
 @pytest.mark.parametrize(

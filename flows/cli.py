@@ -751,8 +751,12 @@ def run() -> None:
     shutdown_threads = getattr(threading, "_shutdown", None)  # CPython's exit: joins non-daemon threads, runs their hooks
     if shutdown_threads is None:  # another interpreter: its own exit, slower or not
         sys.exit(code)
-    shutdown_threads()
-    atexit._run_exitfuncs()
+    try:
+        shutdown_threads()
+        atexit._run_exitfuncs()
+    except KeyboardInterrupt:  # Ctrl-C while the exit waits for a thread: one line, as anywhere else
+        console.print("interrupted")
+        code = 130
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()

@@ -5,8 +5,10 @@ flushed, and the exit code is the command's."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -49,3 +51,31 @@ def test_the_command_exits_with_its_code_after_threads_and_exit_handlers(tmp_pat
     if code:  # one line, as always
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: strategy: unknown strategy 'nope'")
+
+
+def test_ctrl_c_while_the_exit_waits_for_a_thread_is_one_line_and_code_130(tmp_path):
+    probe = (
+        "import sys, threading, time\nfrom flows import cli\n"
+        "threading.Thread(target=time.sleep, args=(120,)).start()\n"  # not a daemon: the exit would wait 2 minutes
+        "open(sys.argv[1], 'w').write('started')\nsys.argv = ['nas', '--help']\ncli.run()\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "PREFECT_HOME": str(tmp_path / ".prefect")}
+    started = tmp_path / "started"
+    process = subprocess.Popen(
+        [sys.executable, "-c", probe, str(started)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not started.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    while process.poll() is None and time.monotonic() < deadline:  # Ctrl-C until it ends (the first may land in main)
+        process.send_signal(signal.SIGINT)
+        time.sleep(0.5)
+    process.kill()  # nothing left to kill when it ended in time
+    stderr = process.communicate()[1]
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr and stderr.strip().splitlines()[-1] == "interrupted"

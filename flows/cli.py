@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
 import sys
+import threading
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -745,9 +747,6 @@ def run() -> None:
     ends with :func:`main`'s code.
     """
     code = main()
-    import atexit
-    import threading
-
     shutdown_threads = getattr(threading, "_shutdown", None)  # CPython's exit: joins non-daemon threads, runs their hooks
     if shutdown_threads is None:  # another interpreter: its own exit, slower or not
         sys.exit(code)

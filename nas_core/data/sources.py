@@ -42,7 +42,7 @@ def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
     path = Path(folders[0], *DIGITS_FILE) if folders else None
     if path is not None and path.is_file():
         values = np.loadtxt(path, delimiter=",")
-        return values[:, :-1], values[:, -1].astype(int)
+        return values[:, :-1], values[:, -1]
     from sklearn.datasets import load_digits
 
     digits = load_digits()

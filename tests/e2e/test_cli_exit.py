@@ -33,11 +33,19 @@ print("never reached")
 """
 
 
+def _env(tmp_path) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPO_ROOT), "PREFECT_HOME": str(tmp_path / ".prefect")}
+
+
 def _probe(tmp_path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "PREFECT_HOME": str(tmp_path / ".prefect")}
     marker = str(tmp_path / "marker")
     return subprocess.run(
-        [sys.executable, "-c", PROBE, marker, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", PROBE, marker, *args],
+        cwd=tmp_path,
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -59,12 +67,11 @@ def test_ctrl_c_while_the_exit_waits_for_a_thread_is_one_line_and_code_130(tmp_p
         "threading.Thread(target=time.sleep, args=(120,)).start()\n"  # not a daemon: the exit would wait 2 minutes
         "open(sys.argv[1], 'w').write('started')\nsys.argv = ['nas', '--help']\ncli.run()\n"
     )
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "PREFECT_HOME": str(tmp_path / ".prefect")}
     started = tmp_path / "started"
     process = subprocess.Popen(
         [sys.executable, "-c", probe, str(started)],
         cwd=tmp_path,
-        env=env,
+        env=_env(tmp_path),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,

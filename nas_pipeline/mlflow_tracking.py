@@ -293,12 +293,17 @@ class MlflowTracker:
         batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
         self._retry(lambda: self.client.log_batch(run_id, metrics=batch))
 
-    def log_metric_history(self, run_id: str, steps: Sequence[tuple[int, Mapping[str, float]]]) -> None:
-        """Metrics of several steps in batches of 1,000 (MLflow's limit per call): a candidate's epochs in one call."""
+    def log_metric_history(
+        self, run_id: str, steps: Sequence[tuple[int, Mapping[str, float]]], tags: Mapping[str, Any] | None = None
+    ) -> None:
+        """Metrics of several steps in batches of 1,000 (MLflow's limit per call), ``tags`` with the first: a
+        candidate's epochs in one call."""
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, step) for step, metrics in steps for k, v in metrics.items()]
-        for i in range(0, len(batch), 1000):
-            self._retry(lambda chunk=batch[i : i + 1000]: self.client.log_batch(run_id, metrics=chunk))
+        prefixed = _tags({f"{TAG_PREFIX}{k}": v for k, v in (tags or {}).items()})
+        for i in range(0, max(len(batch), 1 if prefixed else 0), 1000):
+            chunk, chunk_tags = batch[i : i + 1000], prefixed if i == 0 else []
+            self._retry(lambda chunk=chunk, chunk_tags=chunk_tags: self.client.log_batch(run_id, metrics=chunk, tags=chunk_tags))
 
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
         self._retry(lambda: self.client.log_batch(run_id, tags=_tags({f"{TAG_PREFIX}{k}": v for k, v in tags.items()})))

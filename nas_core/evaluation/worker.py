@@ -21,6 +21,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
@@ -86,7 +87,9 @@ def evaluate(request: EvaluationRequest) -> EvaluationResult:
     """Evaluate one request under its own nested run (left open for the search to close).
 
     A request whose deadline has passed is not started: it comes back ``skipped``, with no run. A training request
-    waits for its device before its run opens, so the run is created with its ``device`` tag (one write less).
+    waits for its device before its run opens, so the run is created with its ``device`` tag (one write less). The
+    run is opened (created, its params and genome written) in a thread while the candidate trains: those round trips
+    to the store cost the candidate no time; the epochs are logged once both are done.
     """
     if request.deadline is not None and time.time() >= request.deadline:
         return EvaluationResult(request.index, "", SKIPPED, reason="the search's time was up before it started")
@@ -95,17 +98,14 @@ def evaluate(request: EvaluationRequest) -> EvaluationResult:
         torch.set_num_threads(request.threads)
     tracker = request.tracker.connect()
     worker = worker_name()
-    with contextlib.ExitStack() as lease:
+    with contextlib.ExitStack() as lease, ThreadPoolExecutor(1, thread_name_prefix="nas-run-opener") as opener:
         try:
             device, unusable = _lease_device(request, lease), None
         except Exception as exc:  # this worker lacks the devices asked for (a remote one, say): the candidate fails
             device, unusable = None, exc
         tags = {**request.run_tags, "worker": worker, "status": "running", **({"device": device} if device else {})}
-        run_id = tracker.start_run(request.run_name, request.run_params, tags, parent_run_id=request.parent_run_id)
-        tracker.log_json(run_id, request.planned.genome.to_dict(), "genome.json")
-        if request.proxy is not None:
-            tracker.log_metrics(run_id, {f"proxy_{request.proxy[0]}": request.proxy[1]})
-        result = EvaluationResult(request.index, run_id, "failed", worker=worker)
+        opening = opener.submit(_open_run, tracker, request, tags)
+        result = EvaluationResult(request.index, "", "failed", worker=worker)
         try:
             if unusable is not None:
                 raise unusable
@@ -113,13 +113,23 @@ def evaluate(request: EvaluationRequest) -> EvaluationResult:
             if request.table is not None:
                 result = replace(result, status="ok", metrics=_table(*request.table).evaluate(space, request.planned.genome))
             else:
-                result = _train(request, space, tracker, replace(result, device=device), release=lease.close)
+                result = _train(request, space, tracker, opening.result, replace(result, device=device), release=lease.close)
                 result = replace(result, metrics={**result.metrics, "wall_seconds": time.monotonic() - began})
         except Exception as exc:
             if tracker.is_transient(exc) or isinstance(exc, InfrastructureError):
                 raise  # not the candidate's fault: the search retries or stops (and can be resumed)
             result = replace(result, status="failed", reason=failure_reason(exc), weights=None, state=None)
-    return result
+        # the store's own error (a run it could not create) is raised here again, never blamed on the candidate
+        return replace(result, run_id=opening.result())
+
+
+def _open_run(tracker: Tracker, request: EvaluationRequest, tags: dict[str, Any]) -> str:
+    """Create the evaluation's run with its params and tags, and write its genome (and proxy score); its id."""
+    run_id = tracker.start_run(request.run_name, request.run_params, tags, parent_run_id=request.parent_run_id)
+    tracker.log_json(run_id, request.planned.genome.to_dict(), "genome.json")
+    if request.proxy is not None:
+        tracker.log_metrics(run_id, {f"proxy_{request.proxy[0]}": request.proxy[1]})
+    return run_id
 
 
 def _lease_device(request: EvaluationRequest, lease: contextlib.ExitStack) -> str | None:
@@ -132,11 +142,17 @@ def _lease_device(request: EvaluationRequest, lease: contextlib.ExitStack) -> st
 
 
 def _train(
-    request: EvaluationRequest, space: SearchSpace, tracker: Tracker, result: EvaluationResult, release: Callable[[], None]
+    request: EvaluationRequest,
+    space: SearchSpace,
+    tracker: Tracker,
+    run_id: Callable[[], str],
+    result: EvaluationResult,
+    release: Callable[[], None],
 ) -> EvaluationResult:
-    """Train on ``result.device`` (leased); ``release`` frees it once the model is gone, before the epochs are logged."""
+    """Train on ``result.device`` (leased); ``release`` frees it once the model is gone, before the epochs are logged
+    to the run ``run_id()`` names (it waits for the run to be open)."""
     data = load_data(request.data, request.dataset, request.dataset_version)
-    run_id, genome = result.run_id, request.planned.genome
+    genome = request.planned.genome
     start = TrainState.from_dict(torch.load(request.start_checkpoint, weights_only=True)) if request.start_checkpoint else None
     train = replace(request.train, device=result.device)
     trained = train_genome(genome, data, train, build=space.build, start=start, keep_state=request.keep_state)
@@ -146,16 +162,16 @@ def _train(
         status=trained.status,
         reason=trained.reason,
         metrics=trained.metrics(),
-        weights={k: v.detach().cpu().clone() for k, v in trained.model.state_dict().items()} if trained.model else None,
+        # .cpu() copies from a device; on the CPU the model is dropped below, so its tensors need no copy
+        weights={k: v.detach().cpu() for k, v in trained.model.state_dict().items()} if trained.model else None,
         state=trained.state.to_dict() if trained.state is not None else None,
         curve=tuple(m.val_accuracy for m in trained.history),
     )
-    if trained.stopped_at:
-        tracker.set_tags(run_id, {"early_stopped": trained.stopped_at})
+    stopped = {"early_stopped": trained.stopped_at} if trained.stopped_at else None
     history = trained.history  # a promoted run's earlier epochs too: its run shows the whole learning curve
     del trained  # the model goes before the lease frees the device's memory
     release()
-    tracker.log_metric_history(run_id, [(m.epoch, _finite_metrics(m)) for m in history])
+    tracker.log_metric_history(run_id(), [(m.epoch, _finite_metrics(m)) for m in history], tags=stopped)
     return result
 
 

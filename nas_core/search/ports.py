@@ -52,8 +52,11 @@ class Tracker(Protocol):
     def reopen_run(self, run_id: str) -> None: ...
     def log_params(self, run_id: str, params: Mapping[str, Any]) -> None: ...
     def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None: ...
-    def log_metric_history(self, run_id: str, steps: Sequence[tuple[int, Mapping[str, float]]]) -> None:
-        """The metrics of several steps (an evaluation's epochs) at once: one call to the store, not one per step."""
+    def log_metric_history(
+        self, run_id: str, steps: Sequence[tuple[int, Mapping[str, float]]], tags: Mapping[str, Any] | None = None
+    ) -> None:
+        """The metrics of several steps (an evaluation's epochs), and ``tags``, at once: one call to the store, not one
+        per step."""
         ...
 
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None: ...
@@ -233,9 +236,13 @@ class MemoryTracker:
         for key, value in metrics.items():
             self.runs[run_id].metrics.setdefault(key, []).append((step, float(value)))
 
-    def log_metric_history(self, run_id: str, steps: Sequence[tuple[int, Mapping[str, float]]]) -> None:
+    def log_metric_history(
+        self, run_id: str, steps: Sequence[tuple[int, Mapping[str, float]]], tags: Mapping[str, Any] | None = None
+    ) -> None:
         for step, metrics in steps:
             self.log_metrics(run_id, metrics, step)
+        if tags:
+            self.set_tags(run_id, tags)
 
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
         self.runs[run_id].tags.update({k: str(v) for k, v in tags.items()})

@@ -146,9 +146,14 @@ def test_a_metric_history_goes_in_batches_of_mlflows_limit(store, monkeypatch):
     steps = [(epoch, {key: epoch / 1000 for key in keys}) for epoch in range(1, 301)]  # 1,200 values
     calls = []
     log_batch = tracker.client.log_batch
-    monkeypatch.setattr(tracker.client, "log_batch", lambda *a, **k: (calls.append(len(k["metrics"])), log_batch(*a, **k))[1])
-    tracker.log_metric_history(run_id, steps)
-    assert calls == [1000, 200]
+    monkeypatch.setattr(
+        tracker.client, "log_batch", lambda *a, **k: (calls.append((len(k["metrics"]), len(k["tags"]))), log_batch(*a, **k))[1]
+    )
+    tracker.log_metric_history(run_id, steps, tags={"early_stopped": 300})
+    assert calls == [(1000, 1), (200, 0)], "the tags ride with the first batch"
+    assert client.get_run(run_id).data.tags["nas.early_stopped"] == "300"
+    tracker.log_metric_history(run_id, [], tags={"note": "tags alone"})
+    assert calls[-1] == (0, 1) and client.get_run(run_id).data.tags["nas.note"] == "tags alone"
     for key in keys:
         history = sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)
         assert [(m.step, m.value) for m in history] == [(e, e / 1000) for e in range(1, 301)]

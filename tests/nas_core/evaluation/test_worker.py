@@ -1,6 +1,8 @@
 """One candidate's job: failures come back as outcomes, infrastructure errors are raised (and retried by the flow)."""
 
 import dataclasses
+import re
+import threading
 
 import numpy as np
 import pytest
@@ -90,6 +92,7 @@ class RecordingTracker(MemoryTracker):
         super().__init__()
         self.single_steps: list[set[str]] = []  # the metric names of each log_metrics call
         self.histories: list[list[int]] = []  # the steps of each log_metric_history call
+        self.history_tags: list[dict] = []  # the tags written with each history
         self.opened: list[dict] = []  # the tags each run was created with
         self.tagged: list[set[str]] = []  # the tag names of each set_tags call after a run's creation
         self.plotted: list[str] = []
@@ -108,10 +111,12 @@ class RecordingTracker(MemoryTracker):
         self.single_steps.append(set(metrics))
         super().log_metrics(run_id, metrics, step)
 
-    def log_metric_history(self, run_id, steps):
+    def log_metric_history(self, run_id, steps, tags=None):
         self.histories.append([step for step, _ in steps])
+        self.history_tags.append(dict(tags or {}))
         for step, metrics in steps:
             MemoryTracker.log_metrics(self, run_id, metrics, step)
+        MemoryTracker.set_tags(self, run_id, tags or {})
 
     def log_evaluation_plots(self, run_id, genome, title, dims):
         self.plotted.append(run_id)
@@ -134,6 +139,58 @@ def test_a_candidates_epochs_reach_the_store_in_one_call_and_it_draws_nothing(re
     assert not any(names & set(EPOCH_METRICS) for names in tracker.single_steps), "no epoch logged on its own"
     assert [step for step, _ in tracker.runs[outcome.run_id].metrics["val_accuracy"]] == [1, 2, 3]
     assert tracker.plotted == [], "figures are drawn at the end of the search, not per candidate"
+
+
+def test_the_run_opens_while_the_candidate_trains(recorded_run, monkeypatch):
+    run, tracker = recorded_run
+    training, open_during_training = threading.Event(), []
+    train, start_run = nas_core.evaluation.worker.train_genome, tracker.start_run
+
+    def train_noting_it(*args, **kwargs):
+        training.set()
+        return train(*args, **kwargs)
+
+    def start_run_once_training(*args, **kwargs):  # a store that answers only once the candidate trains
+        open_during_training.append(training.wait(timeout=60))
+        return start_run(*args, **kwargs)
+
+    monkeypatch.setattr(nas_core.evaluation.worker, "train_genome", train_noting_it)
+    monkeypatch.setattr(tracker, "start_run", start_run_once_training)
+    job = run.propose()[0]
+    outcome = evaluate(job)
+    assert open_during_training == [True], "the candidate waited for its run before training"
+    assert outcome.ok and outcome.run_id in tracker.runs
+    logged = tracker.runs[outcome.run_id]
+    assert [step for step, _ in logged.metrics["val_accuracy"]] == [1, 2, 3]
+    assert logged.artifacts["genome.json"] == job.planned.genome.to_dict() and logged.params == {
+        k: str(v) for k, v in job.run_params.items()
+    }
+
+
+@pytest.mark.parametrize("transient", [False, True])
+def test_a_run_the_store_cannot_create_is_raised_not_blamed_on_the_candidate(recorded_run, monkeypatch, transient):
+    run, tracker = recorded_run
+    error = RuntimeError("(sqlite3.OperationalError) database is locked" if transient else "experiment 7 was deleted")
+
+    def store_refuses(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(tracker, "start_run", store_refuses)
+    monkeypatch.setattr(tracker, "is_transient", lambda exc: "database is locked" in str(exc))
+    with pytest.raises(RuntimeError, match=re.escape(str(error))):
+        evaluate(run.propose()[0])
+    assert all(count == 0 for count in shared_leases(("cpu",), None).holders().values())
+
+
+def test_an_early_stop_is_tagged_with_the_epochs_not_in_a_write_of_its_own(recorded_run):
+    run, tracker = recorded_run
+    job = run.propose()[0]
+    job = dataclasses.replace(job, train=dataclasses.replace(job.train, stop_below=(1.01,)))  # no accuracy passes
+    outcome = evaluate(job)
+    assert outcome.ok and tracker.histories == [[1]]
+    assert tracker.history_tags == [{"early_stopped": 1}]
+    assert not any("early_stopped" in names for names in tracker.tagged), "no write of its own for the early stop"
+    assert tracker.runs[outcome.run_id].tags["early_stopped"] == "1"
 
 
 def test_a_candidates_run_is_created_with_its_device(recorded_run):

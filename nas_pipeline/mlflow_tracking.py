@@ -24,6 +24,7 @@ from mlflow.store.artifact.artifact_repository_registry import get_artifact_repo
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from mlflow.utils.uri import add_databricks_profile_info_to_artifact_uri
+from mlflow.utils.validation import MAX_ENTITIES_PER_BATCH, MAX_METRICS_PER_BATCH
 
 from nas_core.provenance import TAG_PREFIX
 from nas_pipeline.locks import machine_lock
@@ -293,18 +294,6 @@ class MlflowTracker:
         batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
         self._retry(lambda: self.client.log_batch(run_id, metrics=batch))
 
-    def log_metric_history(
-        self, run_id: str, steps: Sequence[tuple[int, Mapping[str, float]]], tags: Mapping[str, Any] | None = None
-    ) -> None:
-        """Metrics of several steps in batches of 1,000 (MLflow's limit per call), ``tags`` with the first: a
-        candidate's epochs in one call."""
-        now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, step) for step, metrics in steps for k, v in metrics.items()]
-        prefixed = _tags({f"{TAG_PREFIX}{k}": v for k, v in (tags or {}).items()})
-        for i in range(0, max(len(batch), 1 if prefixed else 0), 1000):
-            chunk, chunk_tags = batch[i : i + 1000], prefixed if i == 0 else []
-            self._retry(lambda chunk=chunk, chunk_tags=chunk_tags: self.client.log_batch(run_id, metrics=chunk, tags=chunk_tags))
-
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
         self._retry(lambda: self.client.log_batch(run_id, tags=_tags({f"{TAG_PREFIX}{k}": v for k, v in tags.items()})))
 
@@ -346,14 +335,23 @@ class MlflowTracker:
         tags: Mapping[str, Any] | None = None,
         step: int = 0,
         status: str | None = None,
+        history: Sequence[tuple[int, Mapping[str, float]]] = (),
     ) -> None:
-        """A run's last metrics (at ``step``) and tags in one ``log_batch`` (a closing's few are far below MLflow's
-        limits per call), then its status (:meth:`end_run`)."""
+        """A run's epochs (``history``), last metrics (at ``step``) and tags in one ``log_batch`` (a candidate's are far
+        below MLflow's limits: longer histories go 1,000 metrics per call, the tags with the first), then its status
+        (:meth:`end_run`)."""
         now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, step) for k, v in (metrics or {}).items()]
+        batch = [Metric(k, float(v), now, epoch) for epoch, values in history for k, v in values.items()]
+        batch += [Metric(k, float(v), now, step) for k, v in (metrics or {}).items()]
         prefixed = _tags({f"{TAG_PREFIX}{k}": v for k, v in (tags or {}).items()})
-        if batch or prefixed:
-            self._retry(lambda: self.client.log_batch(run_id, metrics=batch, tags=prefixed))
+        first = MAX_ENTITIES_PER_BATCH - len(prefixed)  # a call's metrics and tags count together
+        calls = [(batch[:first], prefixed)]
+        calls += [(batch[i : i + MAX_METRICS_PER_BATCH], []) for i in range(first, len(batch), MAX_METRICS_PER_BATCH)]
+        for chunk, chunk_tags in calls:
+            if chunk or chunk_tags:
+                self._retry(
+                    lambda chunk=chunk, chunk_tags=chunk_tags: self.client.log_batch(run_id, metrics=chunk, tags=chunk_tags)
+                )
         self.end_run(run_id, ok, status)
 
     @classmethod

@@ -1,10 +1,10 @@
 """One evaluation as a self-contained job: it runs in a thread, another process or a Dask worker.
 
 An :class:`~nas_core.search.records.EvaluationRequest` is plain, picklable data. :func:`evaluate` leases a device,
-opens the evaluation's nested run through the request's tracker (tagged with that device), loads the (cached,
-version-checked) data from the request's data store, trains or looks the genome up in a table, logs the per-epoch
-metrics (in one call, once training ends: a running candidate shows no curve yet) and returns an
-:class:`~nas_core.search.records.EvaluationResult`.
+opens the evaluation's nested run through the request's tracker (tagged with that device) while it loads the (cached,
+version-checked) data from the request's data store and trains or looks the genome up in a table, and returns an
+:class:`~nas_core.search.records.EvaluationResult` with the per-epoch metrics: the search logs them when it closes the
+run (in the same call as the final metrics: a running candidate shows no curve yet).
 It never raises for a bad candidate (divergence, out of memory, timeout, a broken genome): those come back as
 ``failed`` with the reason. It raises only for infrastructure errors (tracking store unreachable, data not matching
 its version), which the orchestrator may retry. The run is left open: the search closes it once the result is
@@ -89,7 +89,7 @@ def evaluate(request: EvaluationRequest) -> EvaluationResult:
     A request whose deadline has passed is not started: it comes back ``skipped``, with no run. A training request
     waits for its device before its run opens, so the run is created with its ``device`` tag (one write less). The
     run is opened (created, its params and genome written) in a thread while the candidate trains: those round trips
-    to the store cost the candidate no time; the epochs are logged once both are done.
+    to the store cost the candidate no time.
     """
     if request.deadline is not None and time.time() >= request.deadline:
         return EvaluationResult(request.index, "", SKIPPED, reason="the search's time was up before it started")
@@ -113,7 +113,7 @@ def evaluate(request: EvaluationRequest) -> EvaluationResult:
             if request.table is not None:
                 result = replace(result, status="ok", metrics=_table(*request.table).evaluate(space, request.planned.genome))
             else:
-                result = _train(request, space, tracker, opening.result, replace(result, device=device), release=lease.close)
+                result = _train(request, space, replace(result, device=device), release=lease.close)
                 result = replace(result, metrics={**result.metrics, "wall_seconds": time.monotonic() - began})
         except Exception as exc:
             if tracker.is_transient(exc) or isinstance(exc, InfrastructureError):
@@ -142,20 +142,13 @@ def _lease_device(request: EvaluationRequest, lease: contextlib.ExitStack) -> st
 
 
 def _train(
-    request: EvaluationRequest,
-    space: SearchSpace,
-    tracker: Tracker,
-    run_id: Callable[[], str],
-    result: EvaluationResult,
-    release: Callable[[], None],
+    request: EvaluationRequest, space: SearchSpace, result: EvaluationResult, release: Callable[[], None]
 ) -> EvaluationResult:
-    """Train on ``result.device`` (leased); ``release`` frees it once the model is gone, before the epochs are logged
-    to the run ``run_id()`` names (it waits for the run to be open)."""
+    """Train on ``result.device`` (leased); ``release`` frees it once the model is gone."""
     data = load_data(request.data, request.dataset, request.dataset_version)
-    genome = request.planned.genome
     start = TrainState.from_dict(torch.load(request.start_checkpoint, weights_only=True)) if request.start_checkpoint else None
     train = replace(request.train, device=result.device)
-    trained = train_genome(genome, data, train, build=space.build, start=start, keep_state=request.keep_state)
+    trained = train_genome(request.planned.genome, data, train, build=space.build, start=start, keep_state=request.keep_state)
     result = replace(
         result,
         timing={"train_started": trained.started_at, "train_ended": trained.started_at + trained.train_seconds},
@@ -166,12 +159,11 @@ def _train(
         weights={k: v.detach().cpu() for k, v in trained.model.state_dict().items()} if trained.model else None,
         state=trained.state.to_dict() if trained.state is not None else None,
         curve=tuple(m.val_accuracy for m in trained.history),
+        # a promoted run's earlier epochs too: its run shows the whole learning curve
+        epochs=tuple((m.epoch, _finite_metrics(m)) for m in trained.history),
     )
-    stopped = {"early_stopped": trained.stopped_at} if trained.stopped_at else None
-    history = trained.history  # a promoted run's earlier epochs too: its run shows the whole learning curve
     del trained  # the model goes before the lease frees the device's memory
     release()
-    tracker.log_metric_history(run_id(), [(m.epoch, _finite_metrics(m)) for m in history], tags=stopped)
     return result
 
 

@@ -7,7 +7,7 @@ import json
 from nas_core.evaluation.worker import EPOCH_METRICS  # logged per epoch by the worker
 from nas_core.search.final import FINAL_METRICS
 from nas_core.search.ports import Tracker
-from nas_core.search.records import Evaluation, EvaluationResult, FinalModel
+from nas_core.search.records import Epochs, Evaluation, EvaluationResult, FinalModel
 
 KILLED_REASON = "killed: the search stopped while this candidate was running; it was queued again on resume"
 
@@ -21,28 +21,33 @@ def _end(
     tags: dict[str, str] | None = None,
     metrics: dict[str, float] | None = None,
     step: int = 0,
+    epochs: Epochs = (),
 ) -> None:
-    """Close a run with its final ``metrics`` (at ``step``), status, reason and ``tags``: one write, then the status."""
+    """Close a run with its ``epochs``' metrics, final ``metrics`` (at ``step``), status, reason and ``tags``: one
+    write, then the status."""
     tags = {"status": status, **({"failure_reason": reason} if reason else {}), **(tags or {})}
-    tracker.close_run(run_id, ok, metrics=metrics, tags=tags, step=step)
+    tracker.close_run(run_id, ok, metrics=metrics, tags=tags, step=step, history=epochs)
 
 
 def close_evaluation(tracker: Tracker, evaluation: Evaluation, looked_up: bool) -> None:
-    """Log an evaluation's final metrics (all of them for a table lookup, which logs no epochs), status and reason.
+    """Log an evaluation's epochs, final metrics (all of them for a table lookup, which has no epochs), status and reason.
 
-    A successful one also gets its result as the ``metrics`` tag (JSON): what a later search reuses, exactly.
+    A successful one also gets its result as the ``metrics`` tag (JSON): what a later search reuses, exactly; one
+    that learning-curve early stopping ended, the epoch as the ``early_stopped`` tag.
     """
     final = {k: v for k, v in evaluation.metrics.items() if looked_up or k not in EPOCH_METRICS}
     result = {"metrics": json.dumps(evaluation.metrics, sort_keys=True)} if evaluation.ok else {}
+    if "stopped_at_epoch" in evaluation.metrics:
+        result["early_stopped"] = str(int(evaluation.metrics["stopped_at_epoch"]))
     ok, status, reason = evaluation.ok, evaluation.status, evaluation.reason
-    _end(tracker, evaluation.mlflow_run_id, ok, status, reason, tags=result, metrics=final, step=evaluation.fidelity)
+    _end(tracker, evaluation.mlflow_run_id, ok, status, reason, result, final, evaluation.fidelity, evaluation.epochs)
 
 
-def close_final(tracker: Tracker, final: FinalModel, search_run_id: str, link_source: bool = True) -> None:
-    """Close the final training's run; when it worked, link it from the search's run and (``link_source``) the
-    candidate's."""
+def close_final(tracker: Tracker, final: FinalModel, search_run_id: str, link_source: bool = True, epochs: Epochs = ()) -> None:
+    """Close the final training's run with its ``epochs``; when it worked, link it from the search's run and
+    (``link_source``) the candidate's."""
     logged = {k: v for k, v in final.metrics.items() if k in FINAL_METRICS}
-    _end(tracker, final.run_id, final.ok, final.status, final.reason, metrics=logged, step=final.epochs)
+    _end(tracker, final.run_id, final.ok, final.status, final.reason, metrics=logged, step=final.epochs, epochs=epochs)
     if final.ok:
         for run_id in (final.source_run_id, search_run_id) if link_source else (search_run_id,):
             tracker.set_tags(run_id, {"final_run_id": final.run_id})
@@ -53,7 +58,7 @@ def close_recovery(tracker: Tracker, result: EvaluationResult, original_val_accu
     logged = {k: v for k, v in result.metrics.items() if k not in EPOCH_METRICS}
     if original_val_accuracy is not None:
         logged["original_val_accuracy"] = original_val_accuracy
-    _end(tracker, result.run_id, result.ok, result.status, result.reason, metrics=logged)
+    _end(tracker, result.run_id, result.ok, result.status, result.reason, metrics=logged, epochs=result.epochs)
 
 
 def close_killed(tracker: Tracker, run_id: str) -> None:

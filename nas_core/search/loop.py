@@ -405,6 +405,7 @@ class Search:
             result.run_id, result.status, result.reason, metrics, hash=planned.hash, fidelity=planned.fidelity,
             bracket=planned.bracket, promoted_from=planned.promoted_from, proxy=planned.proxy,
             finished_seconds=round(time.time() - self.started_at, 3), timing=dict(result.timing), curve=tuple(result.curve),
+            epochs=result.epochs,
         )  # fmt: skip
         if result.state is not None and result.ok:
             files.save_tensors_atomic(self.proposer.checkpoint_path(evaluation.hash, evaluation.fidelity), result.state)
@@ -501,7 +502,8 @@ class Search:
         best = self.best()
         assert best is not None and self.tracker is not None
         final = self.finalist.accept(best, result)
-        close_final(self.tracker, final, self.run_id, link_source=best.origin != WARM_START)  # not another search's run
+        # not another search's run
+        close_final(self.tracker, final, self.run_id, link_source=best.origin != WARM_START, epochs=result.epochs)
         self.write_checkpoint()
         return final
 

@@ -52,13 +52,6 @@ class Tracker(Protocol):
     def reopen_run(self, run_id: str) -> None: ...
     def log_params(self, run_id: str, params: Mapping[str, Any]) -> None: ...
     def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None: ...
-    def log_metric_history(
-        self, run_id: str, steps: Sequence[tuple[int, Mapping[str, float]]], tags: Mapping[str, Any] | None = None
-    ) -> None:
-        """The metrics of several steps (an evaluation's epochs), and ``tags``, at once: one call to the store, not one
-        per step."""
-        ...
-
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None: ...
     def log_json(self, run_id: str, data: Any, artifact_file: str) -> None: ...
     def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None: ...
@@ -71,8 +64,10 @@ class Tracker(Protocol):
         tags: Mapping[str, Any] | None = None,
         step: int = 0,
         status: str | None = None,
+        history: Sequence[tuple[int, Mapping[str, float]]] = (),
     ) -> None:
-        """A run's last metrics (at ``step``) and tags, then :meth:`end_run`: one write of both, not one each."""
+        """A run's ``history`` (the metrics of each of its epochs), last metrics (at ``step``) and tags, then
+        :meth:`end_run`: one write of them all (per store limit), not one each."""
         ...
 
     def log_evaluation_plots(self, run_id: str, genome: Any, title: str, dims: int) -> None:
@@ -233,16 +228,11 @@ class MemoryTracker:
         self.runs[run_id].params.update({k: str(v) for k, v in params.items()})
 
     def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
+        self._add_metrics(run_id, metrics, step)
+
+    def _add_metrics(self, run_id: str, metrics: Mapping[str, float], step: int) -> None:
         for key, value in metrics.items():
             self.runs[run_id].metrics.setdefault(key, []).append((step, float(value)))
-
-    def log_metric_history(
-        self, run_id: str, steps: Sequence[tuple[int, Mapping[str, float]]], tags: Mapping[str, Any] | None = None
-    ) -> None:
-        for step, metrics in steps:
-            self.log_metrics(run_id, metrics, step)
-        if tags:
-            self.set_tags(run_id, tags)
 
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
         self.runs[run_id].tags.update({k: str(v) for k, v in tags.items()})
@@ -264,9 +254,11 @@ class MemoryTracker:
         tags: Mapping[str, Any] | None = None,
         step: int = 0,
         status: str | None = None,
+        history: Sequence[tuple[int, Mapping[str, float]]] = (),
     ) -> None:
-        if metrics:
-            self.log_metrics(run_id, metrics, step)
+        for epoch, values in history:
+            self._add_metrics(run_id, values, epoch)
+        self._add_metrics(run_id, metrics or {}, step)
         if tags:
             self.set_tags(run_id, tags)
         self.end_run(run_id, ok, status)

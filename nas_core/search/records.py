@@ -20,6 +20,7 @@ from nas_core.genome import Genome
 
 PROMOTION = "promotion"  # the origin of a multi-fidelity evaluation that continues an architecture at a longer budget
 WARM_START = "warm-start"  # the origin of an earlier search's evaluation that a warm start told the strategy
+Epochs = tuple[tuple[int, dict[str, float]], ...]  # (epoch, its metrics) for each epoch trained
 SKIPPED = "skipped"  # the status of a request that had not started when the search's time was up (not recorded)
 
 
@@ -118,6 +119,7 @@ class EvaluationResult:
     state: dict[str, Any] | None = None  # training state (TrainState.to_dict) when the request asked to keep it
     timing: dict[str, float] = field(default_factory=dict)  # train_started/train_ended: unix time around training
     curve: tuple[float, ...] = ()  # validation accuracy per epoch (for early stopping)
+    epochs: Epochs = ()  # the metrics of each epoch trained, logged when the search closes the run
 
     @property
     def ok(self) -> bool:
@@ -146,6 +148,7 @@ class Evaluation:
     finished_seconds: float | None = None  # since the search (this process) started
     timing: dict[str, float] = field(default_factory=dict)  # train_started/train_ended (unix time)
     curve: tuple[float, ...] = ()  # validation accuracy per epoch trained
+    epochs: Epochs = ()  # the metrics of each epoch trained (kept until its run is closed, even across a crash)
     reused_from: str = ""  # the earlier run whose result this is (reused or told by a warm start): nothing was trained
 
     @property
@@ -195,7 +198,7 @@ class Evaluation:
     def to_dict(self) -> dict[str, Any]:
         """Everything needed to restore the record after a crash."""
         return {**self.summary(), "genome": self.genome.to_dict(), "metrics": self.metrics, "timing": self.timing,
-                "curve": list(self.curve)}  # fmt: skip
+                "curve": list(self.curve), "epochs": [[step, metrics] for step, metrics in self.epochs]}  # fmt: skip
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Evaluation:
@@ -205,7 +208,8 @@ class Evaluation:
             hash=data["hash"], fidelity=data["fidelity"], bracket=data.get("bracket", 0),
             promoted_from=data.get("promoted_from") or "", proxy=data.get("proxy"),
             finished_seconds=data.get("finished_seconds"), timing=dict(data.get("timing", {})),
-            curve=tuple(data.get("curve", ())), reused_from=data.get("reused_from") or "",
+            curve=tuple(data.get("curve", ())), epochs=tuple((int(s), dict(m)) for s, m in data.get("epochs", ())),
+            reused_from=data.get("reused_from") or "",
         )  # fmt: skip
 
 

@@ -138,6 +138,28 @@ def test_a_run_checkpointed_but_not_closed_is_closed_with_its_outcome(tmp_path, 
     assert len(resumed.records) == 4 and len({r.hash for r in resumed.records}) == 4
 
 
+@pytest.mark.slow
+def test_a_trained_candidate_checkpointed_but_not_closed_gets_its_epochs_on_resume(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    project = make_project(tmp_path / "p")
+    config = SearchConfig(project_dir=project, output=project / "out", budget=2, population=2, epochs=2, workers=1)
+    run = build_search(config, search_id="late-epochs")
+    run.prepare()
+    outcome = evaluate(run.propose()[0])
+    monkeypatch.setattr(nas_core.search.loop, "close_evaluation", lambda *args: None)  # dies right after the checkpoint
+    run.record(outcome)
+    monkeypatch.undo()
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    client = MlflowClient(run.tracker.tracking_uri)
+    assert client.get_metric_history(outcome.run_id, "val_accuracy") == [], "the epochs wait for the closing"
+    resumed = build_search(config, search_id="late-epochs", resume=True)
+    resumed.prepare()
+    assert resumed.killed_on_resume == 0
+    history = sorted(client.get_metric_history(outcome.run_id, "val_accuracy"), key=lambda m: m.step)
+    assert [(m.step, m.value) for m in history] == [(e, m["val_accuracy"]) for e, m in outcome.epochs] and len(history) == 2
+    assert client.get_run(outcome.run_id).info.status == "FINISHED"
+
+
 def test_resume_errors_are_one_line(tmp_path, table, monkeypatch, capsys):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)

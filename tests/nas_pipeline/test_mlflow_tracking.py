@@ -139,7 +139,7 @@ def test_log_artifact_uploads_a_file(store, runs, tmp_path):
     assert Path(local).read_bytes() == b"\x00\x01 onnx bytes"
 
 
-def test_a_metric_history_goes_in_batches_of_mlflows_limit(store, monkeypatch):
+def test_a_closing_writes_the_epochs_final_metrics_and_tags_in_batches_of_mlflows_limits(store, monkeypatch):
     tracker, client, _ = store
     run_id = tracker.start_run("long-training", {}, {"kind": "candidate"})
     keys = ("train_loss", "val_loss", "val_accuracy", "val_f1")
@@ -149,14 +149,18 @@ def test_a_metric_history_goes_in_batches_of_mlflows_limit(store, monkeypatch):
     monkeypatch.setattr(
         tracker.client, "log_batch", lambda *a, **k: (calls.append((len(k["metrics"]), len(k["tags"]))), log_batch(*a, **k))[1]
     )
-    tracker.log_metric_history(run_id, steps, tags={"early_stopped": 300})
-    assert calls == [(1000, 1), (200, 0)], "the tags ride with the first batch"
-    assert client.get_run(run_id).data.tags["nas.early_stopped"] == "300"
-    tracker.log_metric_history(run_id, [], tags={"note": "tags alone"})
-    assert calls[-1] == (0, 1) and client.get_run(run_id).data.tags["nas.note"] == "tags alone"
+    tracker.close_run(run_id, True, metrics={"test_accuracy": 0.9}, tags={"early_stopped": 300, "status": "ok"}, step=300,
+                      history=steps)  # fmt: skip
+    assert calls == [(998, 2), (203, 0)], "at most 1,000 metrics and tags a call, the tags with the first"
     for key in keys:
         history = sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)
         assert [(m.step, m.value) for m in history] == [(e, e / 1000) for e in range(1, 301)]
+    closed = client.get_run(run_id)
+    assert closed.data.metrics["test_accuracy"] == 0.9 and closed.info.status == "FINISHED"
+    assert closed.data.tags["nas.early_stopped"] == "300" and closed.data.tags["nas.status"] == "ok"
+    tagged_only = tracker.start_run("killed", {}, {"kind": "candidate"})
+    tracker.close_run(tagged_only, False, tags={"status": "killed"}, status="KILLED")
+    assert calls[-1] == (0, 1) and client.get_run(tagged_only).info.status == "KILLED"
 
 
 def test_evaluation_plots_are_drawn_from_the_logged_epochs(store, monkeypatch):
@@ -165,7 +169,7 @@ def test_evaluation_plots_are_drawn_from_the_logged_epochs(store, monkeypatch):
 
     tracker, client, _ = store
     run_id = tracker.start_run("candidate-plots", {}, {"kind": "candidate"})
-    tracker.log_metric_history(run_id, [(1, {"train_loss": 1.5, "val_accuracy": 0.5}), (2, {"train_loss": 0.9})])
+    tracker.close_run(run_id, True, history=[(1, {"train_loss": 1.5, "val_accuracy": 0.5}), (2, {"train_loss": 0.9})])
     drawn = []
     curves = plots.learning_curves_png
     monkeypatch.setattr(

@@ -91,8 +91,7 @@ class RecordingTracker(MemoryTracker):
     def __init__(self) -> None:
         super().__init__()
         self.single_steps: list[set[str]] = []  # the metric names of each log_metrics call
-        self.histories: list[list[int]] = []  # the steps of each log_metric_history call
-        self.history_tags: list[dict] = []  # the tags written with each history
+        self.closings: list[tuple[list[int], dict]] = []  # the epochs and tags of each close_run call
         self.opened: list[dict] = []  # the tags each run was created with
         self.tagged: list[set[str]] = []  # the tag names of each set_tags call after a run's creation
         self.plotted: list[str] = []
@@ -111,12 +110,9 @@ class RecordingTracker(MemoryTracker):
         self.single_steps.append(set(metrics))
         super().log_metrics(run_id, metrics, step)
 
-    def log_metric_history(self, run_id, steps, tags=None):
-        self.histories.append([step for step, _ in steps])
-        self.history_tags.append(dict(tags or {}))
-        for step, metrics in steps:
-            MemoryTracker.log_metrics(self, run_id, metrics, step)
-        MemoryTracker.set_tags(self, run_id, tags or {})
+    def close_run(self, run_id, ok, metrics=None, tags=None, step=0, status=None, history=()):
+        self.closings.append(([epoch for epoch, _ in history], dict(tags or {})))
+        super().close_run(run_id, ok, metrics, tags, step, status, history)
 
     def log_evaluation_plots(self, run_id, genome, title, dims):
         self.plotted.append(run_id)
@@ -131,13 +127,17 @@ def recorded_run(tmp_path):
     return run, tracker
 
 
-def test_a_candidates_epochs_reach_the_store_in_one_call_and_it_draws_nothing(recorded_run):
+def test_a_candidates_epochs_reach_the_store_when_its_run_is_closed_and_it_draws_nothing(recorded_run):
     run, tracker = recorded_run
     outcome = evaluate(run.propose()[0])
-    assert outcome.ok
-    assert tracker.histories == [[1, 2, 3]]
+    assert outcome.ok and [epoch for epoch, _ in outcome.epochs] == [1, 2, 3]
+    assert "val_accuracy" not in tracker.runs[outcome.run_id].metrics, "the worker logs no epoch: the closing does"
+    run.record(outcome)
+    assert [epochs for epochs, _ in tracker.closings] == [[1, 2, 3]], "the epochs go with the closing's write"
     assert not any(names & set(EPOCH_METRICS) for names in tracker.single_steps), "no epoch logged on its own"
-    assert [step for step, _ in tracker.runs[outcome.run_id].metrics["val_accuracy"]] == [1, 2, 3]
+    logged = tracker.runs[outcome.run_id]
+    assert logged.metrics["val_accuracy"] == [(epoch, metrics["val_accuracy"]) for epoch, metrics in outcome.epochs]
+    assert logged.status == "FINISHED"
     assert tracker.plotted == [], "figures are drawn at the end of the search, not per candidate"
 
 
@@ -161,7 +161,6 @@ def test_the_run_opens_while_the_candidate_trains(recorded_run, monkeypatch):
     assert open_during_training == [True], "the candidate waited for its run before training"
     assert outcome.ok and outcome.run_id in tracker.runs
     logged = tracker.runs[outcome.run_id]
-    assert [step for step, _ in logged.metrics["val_accuracy"]] == [1, 2, 3]
     assert logged.artifacts["genome.json"] == job.planned.genome.to_dict() and logged.params == {
         k: str(v) for k, v in job.run_params.items()
     }
@@ -182,14 +181,15 @@ def test_a_run_the_store_cannot_create_is_raised_not_blamed_on_the_candidate(rec
     assert all(count == 0 for count in shared_leases(("cpu",), None).holders().values())
 
 
-def test_an_early_stop_is_tagged_with_the_epochs_not_in_a_write_of_its_own(recorded_run):
+def test_an_early_stop_is_tagged_when_the_run_is_closed_not_in_a_write_of_its_own(recorded_run):
     run, tracker = recorded_run
     job = run.propose()[0]
     job = dataclasses.replace(job, train=dataclasses.replace(job.train, stop_below=(1.01,)))  # no accuracy passes
     outcome = evaluate(job)
-    assert outcome.ok and tracker.histories == [[1]]
-    assert tracker.history_tags == [{"early_stopped": 1}]
-    assert not any("early_stopped" in names for names in tracker.tagged), "no write of its own for the early stop"
+    assert outcome.ok and [epoch for epoch, _ in outcome.epochs] == [1]
+    assert not any("early_stopped" in names for names in tracker.tagged), "the worker writes no tag of its own for it"
+    run.record(outcome)
+    assert [(epochs, tags.get("early_stopped")) for epochs, tags in tracker.closings] == [([1], "1")]
     assert tracker.runs[outcome.run_id].tags["early_stopped"] == "1"
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from nas_core.evaluation.worker import EPOCH_METRICS  # logged per epoch by the worker
+from nas_core.evaluation.worker import EPOCH_METRICS  # logged per epoch (with the epochs), not as final metrics
 from nas_core.search.final import FINAL_METRICS
 from nas_core.search.ports import Tracker
 from nas_core.search.records import Epochs, Evaluation, EvaluationResult, FinalModel
@@ -40,7 +40,8 @@ def close_evaluation(tracker: Tracker, evaluation: Evaluation, looked_up: bool) 
     if "stopped_at_epoch" in evaluation.metrics:
         result["early_stopped"] = str(int(evaluation.metrics["stopped_at_epoch"]))
     ok, status, reason = evaluation.ok, evaluation.status, evaluation.reason
-    _end(tracker, evaluation.mlflow_run_id, ok, status, reason, result, final, evaluation.fidelity, evaluation.epochs)
+    run_id, step, epochs = evaluation.mlflow_run_id, evaluation.fidelity, evaluation.epochs
+    _end(tracker, run_id, ok, status, reason, tags=result, metrics=final, step=step, epochs=epochs)
 
 
 def close_final(tracker: Tracker, final: FinalModel, search_run_id: str, link_source: bool = True, epochs: Epochs = ()) -> None:

@@ -502,8 +502,8 @@ class Search:
         best = self.best()
         assert best is not None and self.tracker is not None
         final = self.finalist.accept(best, result)
-        # not another search's run
-        close_final(self.tracker, final, self.run_id, link_source=best.origin != WARM_START, epochs=result.epochs)
+        own = best.origin != WARM_START  # a warm start's best is another search's run: its run is not linked
+        close_final(self.tracker, final, self.run_id, link_source=own, epochs=result.epochs)
         self.write_checkpoint()
         return final
 

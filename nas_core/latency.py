@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from nas_core.genome import Genome
 from nas_core.search.checkpoint import write_json_atomic
+from nas_core.seeding import GLOBAL_RNG
 
 if TYPE_CHECKING:
     from torch import nn
@@ -209,7 +210,9 @@ class LatencyTable:
     def time_of(self, part: Part) -> float:
         """The part's median milliseconds per call (timed now unless the table has it)."""
         if part.key not in self.times:
-            self.times[part.key] = float(self.timer.time_ms(part.build(), part.input_shape, self.batch_size))
+            with GLOBAL_RNG:  # its weights are drawn while candidates may be seeding theirs
+                module = part.build()
+            self.times[part.key] = float(self.timer.time_ms(module, part.input_shape, self.batch_size))
             self.timed_now += 1
         return self.times[part.key]
 
@@ -266,4 +269,6 @@ class LatencyPredictor:
         return total
 
     def parts(self, genome: Genome) -> list[Part]:
-        return network_parts(self.build(genome), genome)
+        with GLOBAL_RNG:  # building draws weights from torch's global generator: not while a candidate seeds it
+            model = self.build(genome)
+        return network_parts(model, genome)

@@ -18,9 +18,9 @@ from torch import nn
 
 from nas_core.builder import Normalize
 from nas_core.data.preparation import PreparedData
-from nas_core.evaluation.training import _INIT_LOCK
 from nas_core.genome import Genome
 from nas_core.registry import Registry
+from nas_core.seeding import build_seeded
 
 Proxy = Callable[[nn.Module, torch.Tensor, torch.Tensor], float]
 
@@ -120,9 +120,7 @@ def score_genome(
     """Build ``genome`` seeded by ``seed`` (as :func:`~nas_core.evaluation.training.train_genome` does) and score it
     with proxy ``name`` on the first ``batch_size`` training samples, on the CPU."""
     proxy = create_proxy(name)
-    with _INIT_LOCK:
-        torch.manual_seed(seed)
-        model = build(genome, data.input_shape, data.num_classes, data.mean, data.std)
+    model = build_seeded(build, seed, genome, data.input_shape, data.num_classes, data.mean, data.std)
     x = torch.from_numpy(data.x["train"][:batch_size])
     y = torch.from_numpy(data.y["train"][:batch_size])
     return proxy(model, x, y)

@@ -33,6 +33,7 @@ import torch
 
 from nas_core.evaluation.proxies import create_proxy
 from nas_core.genome import Genome
+from nas_core.seeding import build_seeded
 from nas_core.spaces import SearchSpace
 
 FORMAT_VERSION = 1
@@ -165,8 +166,7 @@ def data_free_batch(key: ProxyTableKey) -> tuple[torch.Tensor, torch.Tensor]:
 
 def score_one(space: SearchSpace, genome: Genome, key: ProxyTableKey, batch: tuple[torch.Tensor, torch.Tensor]) -> float:
     """Build ``genome`` seeded by the key's seed (one build) and score it with the key's proxy."""
-    torch.manual_seed(key.seed)
-    model = space.build(genome, key.input_shape, key.num_classes)
+    model = build_seeded(space.build, key.seed, genome, key.input_shape, key.num_classes)
     return float(create_proxy(key.proxy)(model, *batch))
 
 

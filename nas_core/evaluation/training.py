@@ -24,8 +24,8 @@ from nas_core.evaluation.scoring import _amp_dtype, _autocast, score_split
 from nas_core.evaluation.stopping import check_stop
 from nas_core.genome import Genome
 from nas_core.metrics import count_flops, count_params
+from nas_core.seeding import build_seeded
 
-_INIT_LOCK = threading.Lock()  # torch's global RNG seeds weight init; parallel candidates take turns
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 AUGMENTS = ("none", "shift", "shift-flip")
 TRAINABLE_SPLITS = ("train", "val")
@@ -380,7 +380,5 @@ def train_genome(
 
     With ``start`` the built weights are replaced by the state's, and training continues from there.
     """
-    with _INIT_LOCK:
-        torch.manual_seed(config.seed)
-        model = build(genome, data.input_shape, data.num_classes, data.mean, data.std)
+    model = build_seeded(build, config.seed, genome, data.input_shape, data.num_classes, data.mean, data.std)
     return fit(model, data, config, on_epoch, start, keep_state)

@@ -33,6 +33,7 @@ from nas_core.search.records import PROMOTION, Evaluation, PlannedEvaluation
 from nas_core.search.requests import train_config
 from nas_core.search.scheduling import FidelitySchedule, MedianStopping, MultiFidelity, ProxyScreen, SingleFidelity
 from nas_core.search.setup import space_options
+from nas_core.seeding import GLOBAL_RNG
 from nas_core.spaces import SearchSpace, create_space
 from nas_core.strategies import CandidateResult, Strategy, create_strategy
 from nas_core.strategies.base import listed
@@ -162,7 +163,8 @@ class Proposer:
             assert self.latency_timer is not None
             started = time.perf_counter()
             shape, classes = self.input_spec
-            network = self.space.build(genome, shape, classes)
+            with GLOBAL_RNG:  # not between a training candidate's seeding and its build
+                network = self.space.build(genome, shape, classes)
             self._measured[key] = float(self.latency_timer.time_network_ms(network, shape, self.config.latency_batch))
             self.latency_seconds += time.perf_counter() - started
             log.info("%s: %.4f ms measured, %.4f ms predicted", key[:8], self._measured[key], self.latency_ms(genome))

@@ -90,7 +90,7 @@ def running_stack(project: Path) -> Iterator[None]:
     """``nas up`` in ``project`` (free ports) for the block, ``nas down`` after: searches there use its servers."""
     from flows.temporary_server import free_local_port
 
-    ports = ["--prefect-port", str(free_local_port()), "--mlflow-port", str(free_local_port())]
+    ports = [f"--{name}-port={free_local_port()}" for name in ("prefect", "mlflow", "worker")]
     run_nas(project, ["up", "--project-dir", str(project), *ports], "nas up")
     try:
         yield

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import logging
 import os
 import sys
 import threading
@@ -14,18 +13,23 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import click
 import typer
-from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
+from flows.running import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    console,
+    prefect_environment,
+    report_failure,
+    run_search,
+)
 from flows.settings import SearchCommand, given_settings, option_name
 
 if TYPE_CHECKING:
     from nas_core.search.gate import Gate
-    from nas_core.search.summary import SearchSummary
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-EXIT_GATE = 3  # the search worked but its best candidate missed a --fail-under gate (CI)
 
 app = typer.Typer(
     help="Neural architecture search as a pipeline: Prefect flow, MLflow tracking, DVC data, ONNX out.",
@@ -33,7 +37,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 # typer >= 0.22 raises its own (vendored) click exceptions; older releases raise click's.
@@ -46,43 +49,6 @@ class UsageProblem(Exception):
     """Bad input from the user: reported as one line with exit code 2."""
 
 
-SEARCH_LOG = "search.log"  # in the search's output folder: Prefect's warnings and errors, with their tracebacks
-
-
-def _prefect_environment(project_dir: Path, quiet_console: bool = False) -> None:
-    """Keep Prefect's state inside the project, offline, and quiet unless the user says otherwise.
-
-    With ``quiet_console`` (a search) Prefect writes nothing under CRITICAL to the terminal, where a failure is one
-    line of ours: :func:`_log_to` keeps the details in the search's log file (NAS_DEBUG=1 shows them here).
-    """
-    os.environ.setdefault("PREFECT_HOME", str((project_dir / ".prefect").resolve()))
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
-    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
-    if quiet_console and not os.environ.get("NAS_DEBUG"):
-        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
-
-
-class _SearchLog(logging.FileHandler):
-    """The search's log file; when it cannot be written (a full disk) it goes quiet instead of printing tracebacks:
-    the search's own one-line error says what failed."""
-
-    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
-        logging.getLogger().removeHandler(self)
-        with contextlib.suppress(OSError):
-            self.close()
-
-
-def _log_to(path: Path) -> None:
-    """Send warnings and errors logged in this process (Prefect's flow and task failures) to ``path``; call it after
-    Prefect is imported, which configures logging. The file is created only when something is logged."""
-    handler = _SearchLog(path, encoding="utf-8", delay=True)
-    handler.setLevel(logging.WARNING)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.getLogger().addHandler(handler)
-
-
 def _tracking_server_problem() -> str | None:
     """The error line when the tracking server set by MLFLOW_TRACKING_URI does not answer, else None (exit code 1)."""
     from flows.preflight import unreachable_tracking_server
@@ -91,19 +57,26 @@ def _tracking_server_problem() -> str | None:
     return f"error: {escape(problem)}" if problem else None
 
 
-def _use_running_stack(project_dir: Path) -> str:
+def _use_running_stack(project_dir: Path, in_process: bool = False) -> tuple[str, str | None]:
     """Point the search at the servers `nas up` runs for the project, where PREFECT_API_URL / MLFLOW_TRACKING_URI do
-    not say otherwise; which Prefect and MLflow it uses, in words."""
-    from flows.stack import running_urls
+    not say otherwise; which Prefect and MLflow it uses, in words, and the URL of the stack's search worker when the
+    search is to run there (it answers, is free, and uses the same servers), else None."""
+    from flows.stack import free_search_worker, running_urls
 
     wanted = [key for key in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI") if not os.environ.get(key)]
-    urls = running_urls(project_dir) if wanted else {}
+    urls = running_urls(project_dir) if wanted or not in_process else {}
     for key, name in (("PREFECT_API_URL", "prefect"), ("MLFLOW_TRACKING_URI", "mlflow")):
         if key in wanted and name in urls:
             os.environ[key] = urls[name]
     prefect = os.environ.get("PREFECT_API_URL") or "temporary server"
     mlflow = os.environ.get("MLFLOW_TRACKING_URI") or str(Path(project_dir).resolve() / "mlflow.db")
-    return f"Prefect: {prefect}, MLflow: {mlflow}"
+    words = f"Prefect: {prefect}, MLflow: {mlflow}"
+    same_servers = (urls.get("prefect"), urls.get("mlflow")) == (prefect, mlflow)
+    if "searches" not in urls or in_process or not same_servers or os.environ.get("NAS_DEBUG"):
+        return words, None
+    if worker := free_search_worker(project_dir):
+        return f"{words}; runs in the warm search worker {worker}", worker
+    return f"{words}; the search worker is busy: runs here", None
 
 
 def _check_writable(folder: Path) -> None:
@@ -253,62 +226,6 @@ def _with_default_workers(config):
         raise UsageProblem(str(exc)) from None
 
 
-def _print_summary(summary: SearchSummary) -> None:
-    best, ok, total = summary.best, summary.ok_candidates, len(summary.candidates)
-    table = Table(title=f"search {summary.search_id}", show_header=False)
-    table.add_row("dataset", f"{summary.dataset['name']} (version {summary.dataset['version']})")
-    reused = sum(bool(c.get("reused_from")) for c in summary.candidates)
-    with_reused = f" + {reused} reused" if reused else ""
-    table.add_row("candidates", f"{total - reused} trained{with_reused}, {ok} ok, {total - ok} failed")
-    if summary.warm_start:
-        warm = summary.warm_start
-        table.add_row("warm start", f"told {warm['told']} earlier evaluations of {len(warm['searches'])} searches, "
-                      f"{warm['seeded']} seed architectures")  # fmt: skip
-    stopped = f"; stopped proposing: {summary.stop_reason}" if summary.stop_reason else ""
-    limit = f" of {summary.time_budget_seconds:g} s" if summary.time_budget_seconds else ""
-    table.add_row("elapsed", f"{summary.elapsed_seconds:.1f} s (candidates: {summary.spent_seconds:.1f} s{limit}){stopped}")
-    if best:
-        test = f"{best.test_accuracy:.4f}" if best.test_accuracy is not None else "none"
-        table.add_row("best", f"{best.hash[:12]}  val_acc {best.val_accuracy:.4f}  test_acc {test}")
-        table.add_row("size", f"{best.params:,} params, {best.flops:,} FLOPs")
-        if best.onnx_path:
-            table.add_row("ONNX model", f"{best.onnx_path} (max |diff| vs PyTorch {best.onnx_max_abs_diff:.2e})")
-        elif best.model_error:
-            table.add_row("ONNX model", f"none: {escape(best.model_error)}")
-    table.add_row("MLflow", f"experiment '{summary.mlflow_experiment}', parent run {summary.mlflow_run_id}")
-    Console().print(table)
-    print(f"summary: {summary.folder / 'summary.json'}")
-    if not best or best.onnx_path:
-        none = "the time budget ended before any candidate finished" if not summary.candidates else "every candidate failed"
-        if summary.ok_candidates:  # trained, yet none qualifies: over max_latency_ms when measured
-            none = "no candidate met max_latency_ms when its network was measured (see docs/latency.md)"
-        print(f"ONNX model: {best.onnx_path if best else f'(none: {none})'}")
-    if best and best.final_run_id and summary.final:
-        final = summary.final
-        print(f"final model: retrained {final['epochs']} epochs on {final['trained_on']}, test_acc {final['test_accuracy']:.4f}")
-    if (summary.folder / "report.html").is_file():
-        print(f"report: {summary.folder / 'report.html'}")
-    if best and best.handoff_path:
-        print(f"handoff bundle: {best.handoff_path} (model.onnx, model_card.md, predict.py)")
-    if best and best.registry:
-        reg = best.registry
-        print(f"model registry: {reg['model_uri']}, {'champion' if reg['promoted'] else 'not promoted'} ({reg['reason']})")
-    champion = bool(best and best.registry and best.registry["promoted"])
-    for model in summary.pareto or ():
-        print(_pareto_line(model, champion and model["best"]))
-    print(f"MLflow runs: {summary.mlflow_ui}")
-
-
-def _pareto_line(model: dict[str, Any], champion: bool) -> str:
-    """One handed-over model of the front: accuracy, measured (and predicted) latency, registry version and aliases."""
-    aliases = ", ".join((["champion"] if champion else []) + model["aliases"]) or "no alias"
-    return (
-        f"pareto model: val_acc {model['val_accuracy']:.4f}, {model['measured_latency_ms']:.4g} ms at batch "
-        f"{model['latency_batch']} (predicted {model['predicted_latency_ms']}), models:/{model['registered_model']}/"
-        f"{model['registry_version']} ({aliases}) -> {model['handoff_path']}"
-    )
-
-
 def _parse_gates(texts: list[str] | None, summary_md: Path | None) -> list[Gate]:
     """The ``--fail-under`` gates; a malformed gate or an unusable ``--summary-md`` path is bad input."""
     gates: list[Gate] = []
@@ -339,30 +256,6 @@ def _check_gate_metrics(gates: list[Gate], table_evaluator: bool) -> None:
         raise UsageProblem(str(exc)) from None
 
 
-def _gate_and_markdown(summary: SearchSummary, gates: list[Gate], summary_md: Path | None) -> int:
-    """Write the Markdown summary, then the exit code: 1 when nothing trained, 3 when a gate missed, else 0."""
-    from nas_core.search.gate import check_gates, failure_line, write_markdown_summary
-
-    checks = check_gates(gates, summary) if gates else None
-    if summary_md is not None:
-        print(f"Markdown summary: {write_markdown_summary(summary_md.absolute(), summary, checks, base=Path.cwd())}")
-    if summary.best is None:
-        console.print("error: every candidate failed; see the failure_reason tags of the runs in MLflow")
-        return EXIT_FAILED
-    if summary.best.model_error:
-        console.print(
-            f"error: the search has no model: {escape(summary.best.model_error)}; the best genome is in "
-            f"{summary.folder / 'summary.json'} (best.genome)"
-        )
-        return EXIT_FAILED
-    if checks and not all(c.passed for c in checks):
-        console.print(failure_line(checks))
-        return EXIT_GATE
-    if checks:
-        print("gate passed: " + ", ".join(c.describe() for c in checks))
-    return EXIT_OK
-
-
 @app.command(cls=SearchCommand)
 def search(
     ctx: typer.Context,
@@ -386,6 +279,9 @@ def search(
     summary_md: Annotated[
         Path | None, typer.Option("--summary-md", help="Also write a short Markdown table of the search (for a PR comment).")
     ] = None,
+    in_process: Annotated[
+        bool, typer.Option("--in-process", help="Run here even when the search worker of `nas up` is free.")
+    ] = False,
 ) -> int:
     """Run an architecture search; writes OUTPUT/model.onnx and OUTPUT/summary.json.
 
@@ -399,7 +295,7 @@ def search(
         config, search_id = _resumed_config(resume, config_file, overrides)
         config = _with_default_workers(config)
         _check_gate_metrics(gates, config.table_path is not None)
-        services = _use_running_stack(config.project_dir)
+        services, worker = _use_running_stack(config.project_dir, in_process)
         if problem := _tracking_server_problem():
             console.print(problem)
             return EXIT_FAILED
@@ -407,7 +303,7 @@ def search(
     else:
         config = _with_default_workers(_load_search_config(config_file, overrides))
         _check_gate_metrics(gates, config.table_path is not None)
-        services = _use_running_stack(config.project_dir)
+        services, worker = _use_running_stack(config.project_dir, in_process)
         if problem := _tracking_server_problem():
             console.print(problem)
             return EXIT_FAILED
@@ -428,31 +324,17 @@ def search(
         f"{'resuming search' if resume else 'search'} {search_id}: {config.strategy} on {config.dataset}, "
         f"{plan}, {config.workers} in parallel ({config.runner}) -> {out}; {services}"
     )
-    _prefect_environment(config.project_dir, quiet_console=True)  # before anything imports prefect
-    from flows.search import search_flow
-    from flows.temporary_server import claim_temporary_server
+    if worker:
+        from flows.stack import task_storage
 
-    claim_temporary_server()
-    _log_to(out / SEARCH_LOG)
-    logging.getLogger("mlflow").setLevel(logging.WARNING)  # its INFO lines (creating its tables) are not news here
-    from flows.signals import Interrupted, stop_on_signals
-    from nas_core.search.summary import SearchSummary
-    from nas_pipeline.mlflow_tracking import TrackingUnavailable
+        os.environ["PREFECT_RESULTS_LOCAL_STORAGE_PATH"] = str(task_storage(config.project_dir))  # the worker's
+        prefect_environment(config.project_dir, quiet_console=True)  # before anything imports prefect
+        from flows.search_worker import SearchRequest, hand_off
 
-    try:
-        with stop_on_signals():  # Ctrl-C and SIGTERM: candidates' runs KILLED, checkpoint kept, out in seconds
-            result = search_flow(config)(
-                config.model_dump(mode="json"), search_id=search_id, show_progress=not quiet, resume=resume is not None
-            )
-    except Interrupted as exc:
-        console.print(f"stopped by {exc}: runs in flight marked KILLED, checkpoint kept; continue: nas search --resume {out}")
-        return exc.exit_code
-    except TrackingUnavailable as exc:
-        console.print(f"error: {escape(str(exc))}; the search stopped; continue it with: nas search --resume {out}")
-        return EXIT_FAILED
-    summary = SearchSummary.from_dict(result)
-    _print_summary(summary)
-    return _gate_and_markdown(summary, gates, summary_md)
+        request = SearchRequest.of(config, search_id, resume is not None, quiet, fail_under or [], summary_md)
+        if (code := hand_off(worker, request)) is not None:
+            return code
+    return run_search(config, search_id, resume is not None, quiet, gates, summary_md)
 
 
 @app.command()
@@ -510,7 +392,7 @@ def deploy(
     config = _load_search_config(config_file, {"project_dir": project_dir})
     if serve:  # the searches run here: their progress goes to this terminal and the Prefect UI
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
-    _prefect_environment(config.project_dir)  # before anything imports prefect
+    prefect_environment(config.project_dir)  # before anything imports prefect
     from flows import deployments as dep
     from nas_pipeline.mlflow_tracking import resolve_tracking_uri, ui_command
 
@@ -633,21 +515,26 @@ def up(
     project_dir: ProjectOption = Path("."),
     prefect_port: Annotated[int, typer.Option(help="Port of the Prefect server (and its UI).", min=1, max=65535)] = 4200,
     mlflow_port: Annotated[int, typer.Option(help="Port of the MLflow tracking server (and its UI).", min=1, max=65535)] = 5000,
+    worker_port: Annotated[
+        int, typer.Option(help="Port of the search worker's /status (searches run there warm).", min=1, max=65535)
+    ] = 4300,
     backend_store: Annotated[
         str | None, typer.Option(help="MLflow's backend store, e.g. postgresql://user@host/db (default: project's mlflow.db).")
     ] = None,
 ) -> int:
-    """Start a Prefect server and an MLflow tracking server for the project, in the background, on 127.0.0.1."""
+    """Start a Prefect server, an MLflow tracking server and a warm search worker for the project, in the background,
+    on 127.0.0.1."""
     from flows.stack import StackError
     from flows.stack import up as start_stack
 
     if not project_dir.is_dir():
         raise UsageProblem(f"project folder '{project_dir}' does not exist; pass --project-dir")
-    if prefect_port == mlflow_port:
-        raise UsageProblem(f"--prefect-port and --mlflow-port are both {prefect_port}; give them different ports")
-    console.print("starting the Prefect and MLflow servers (up to a few minutes on a busy machine) ...")
+    ports = {"--prefect-port": prefect_port, "--mlflow-port": mlflow_port, "--worker-port": worker_port}
+    if len(set(ports.values())) < len(ports):
+        raise UsageProblem(f"{', '.join(f'{flag} {port}' for flag, port in ports.items())}: give them different ports")
+    console.print("starting the Prefect and MLflow servers, then the search worker (up to a few minutes on a busy machine) ...")
     try:
-        services = start_stack(project_dir, prefect_port, mlflow_port, backend_store)
+        services = start_stack(project_dir, prefect_port, mlflow_port, backend_store, worker_port=worker_port)
     except StackError as exc:
         console.print(f"error: {escape(str(exc))}")
         return EXIT_FAILED
@@ -707,7 +594,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(getattr(exc, "exit_code", 0) or 0)
     except _ABORT:
         console.print("aborted")
-        return 130
+        return EXIT_INTERRUPTED
     except _USAGE_ERRORS as exc:
         message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
         message = message.replace(": Value error, ", ": ")  # typer >= 0.22 words a bad choice so
@@ -719,21 +606,11 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         console.print("interrupted")
-        return 130
+        return EXIT_INTERRUPTED
     except Exception as exc:
         if os.environ.get("NAS_DEBUG"):
             raise
-        from nas_core.data.preparation import DatasetError
-        from nas_pipeline.dvc_versioning import VersioningError
-
-        if isinstance(exc, (VersioningError, DatasetError)):  # its message already says what to do
-            console.print(f"error: {escape(str(exc))}")
-            return EXIT_FAILED
-        console.print(
-            f"error: {escape(type(exc).__name__)}: {escape(str(exc).splitlines()[0] if str(exc) else '')} "
-            "(set NAS_DEBUG=1 for the traceback)"
-        )
-        return EXIT_FAILED
+        return report_failure(exc)
     return result if isinstance(result, int) else EXIT_OK
 
 
@@ -755,7 +632,7 @@ def run() -> None:
         atexit._run_exitfuncs()
     except KeyboardInterrupt:  # Ctrl-C while the exit waits for a thread: one line, as anywhere else
         console.print("interrupted")
-        code = 130
+        code = EXIT_INTERRUPTED
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()

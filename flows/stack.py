@@ -1,10 +1,13 @@
-"""The project's long-lived local services: a Prefect server and an MLflow tracking server, on 127.0.0.1.
+"""The project's long-lived local services, on 127.0.0.1: a Prefect server, an MLflow tracking server, and a
+search worker (a Prefect task worker that has imported and warmed up what a search needs, see
+:mod:`flows.search_worker`).
 
-``nas up`` starts both in the background: their own process groups, each with a log file, recorded with their
-URLs in ``<project>/.nas/stack.json``. It then waits until each one answers its health check. ``nas status``
-reads that file and asks each service. ``nas down`` stops exactly the process groups ``nas up`` started.
-While they run, ``nas search`` in the project uses them (:func:`running_urls`), unless ``PREFECT_API_URL`` or
-``MLFLOW_TRACKING_URI`` say otherwise.
+``nas up`` starts them in the background: their own process groups, each with a log file, recorded with their
+URLs in ``<project>/.nas/stack.json``. It then waits until each one answers its health check (the worker answers
+once it is warm). ``nas status`` reads that file and asks each service. ``nas down`` stops exactly the process
+groups ``nas up`` started. While they run, ``nas search`` in the project uses them (:func:`running_urls`), unless
+``PREFECT_API_URL`` or ``MLFLOW_TRACKING_URI`` say otherwise, and hands itself to the worker when it is free
+(:func:`free_search_worker`).
 
 Only the standard library is imported here, so these commands answer at once. The servers themselves are
 Prefect's and MLflow's own commands.
@@ -28,6 +31,8 @@ STACK_DIR = Path(".nas")
 STACK_FILE = "stack.json"
 DEFAULT_PREFECT_PORT = 4200
 DEFAULT_MLFLOW_PORT = 5000
+DEFAULT_WORKER_PORT = 4300
+TASK_STORAGE = "task-storage"  # under STACK_DIR: where the search worker's task runs keep parameters and results
 HOST = "127.0.0.1"
 HEALTH_TIMEOUT_S = 2.0
 START_TIMEOUT_S = 180.0  # a Prefect server takes 20 s and more to boot on a loaded 2-core machine
@@ -42,7 +47,7 @@ class StackError(RuntimeError):
 class Service:
     """One running service: what ``nas up`` started and where it answers."""
 
-    name: str  # "prefect" or "mlflow"
+    name: str  # "prefect", "mlflow" or "searches" (the search worker)
     url: str  # http://127.0.0.1:PORT
     health: str  # the path that answers 200 when the service is up
     pid: int  # its process group
@@ -77,15 +82,42 @@ def read_stack(project_dir: Path) -> list[Service]:
 
 
 def running_urls(project_dir: Path) -> dict[str, str]:
-    """``{"prefect": api url, "mlflow": tracking uri}`` of this project's services that answer now."""
+    """``{"prefect": api url, "mlflow": tracking uri, "searches": worker url}`` of this project's services that
+    answer now."""
     try:
         return {s.name: s.api_url for s in read_stack(project_dir) if s.answers()}
     except StackError:
         return {}
 
 
+def task_storage(project_dir: Path) -> Path:
+    """Where a search handed to the worker and the worker keep its task run's parameters and result: the same
+    folder for both, whatever their PREFECT_HOME."""
+    return Path(project_dir).resolve() / STACK_DIR / TASK_STORAGE
+
+
+def free_search_worker(project_dir: Path) -> str | None:
+    """The URL of this project's search worker when it answers and has room for a search now, else None."""
+    try:
+        worker = next((s for s in read_stack(project_dir) if s.name == "searches"), None)
+    except StackError:
+        return None
+    status = worker_status(worker.url) if worker else None
+    return worker.url if status and not status.get("stopping") and (status.get("available") or 0) > 0 else None
+
+
+def worker_status(url: str, timeout: float = HEALTH_TIMEOUT_S) -> dict | None:
+    """What a search worker's /status says (its tasks, how many searches it has room for); None when it does not
+    answer."""
+    try:
+        with urllib.request.urlopen(url + HEALTH["searches"], timeout=timeout) as response:  # noqa: S310 - loopback
+            return json.loads(response.read())
+    except (OSError, urllib.error.URLError, ValueError):
+        return None
+
+
 def _commands(project_dir: Path, backend_store: str | None, artifacts: Path) -> dict[str, list[str]]:
-    """The servers' command lines. On the project's own SQLite store, new experiments keep their artifacts in the
+    """The services' command lines. On the project's own SQLite store, new experiments keep their artifacts in the
     project's folder as plain file locations (as searches without the server do), so the project's searches work
     the same after ``nas down``; on another store (a team's database) the server serves the artifacts itself."""
     bin_dir = Path(sys.executable).parent
@@ -101,7 +133,11 @@ def _commands(project_dir: Path, backend_store: str | None, artifacts: Path) -> 
             sys.executable, "-m", "mlflow", "server", "--host", HOST, "--port", "{port}", "--workers", "2",
             "--backend-store-uri", backend, *where,
         ],
+        "searches": [sys.executable, "-m", "flows.search_worker", "--port", "{port}", "--project-dir", str(project_dir)],
     }  # fmt: skip
+
+
+HEALTH = {"prefect": "/api/health", "mlflow": "/health", "searches": "/status"}
 
 
 def _environment(project_dir: Path) -> dict[str, str]:
@@ -112,41 +148,55 @@ def _environment(project_dir: Path) -> dict[str, str]:
     return env
 
 
+def _service_environment(name: str, project_dir: Path, port: int, running: dict[str, Service]) -> dict[str, str]:
+    env = _environment(project_dir)
+    if name == "prefect":  # the UI asks the API where these say (else it looks on port 4200)
+        env |= {"PREFECT_SERVER_API_HOST": HOST, "PREFECT_SERVER_API_PORT": str(port),
+                "PREFECT_UI_API_URL": f"http://{HOST}:{port}/api"}  # fmt: skip
+    if name == "searches":  # a client of the two servers, started once they answer
+        env |= {"PREFECT_API_URL": running["prefect"].api_url, "MLFLOW_TRACKING_URI": running["mlflow"].api_url,
+                "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(task_storage(project_dir))}  # fmt: skip
+    return env
+
+
 def up(
     project_dir: Path, prefect_port: int = DEFAULT_PREFECT_PORT, mlflow_port: int = DEFAULT_MLFLOW_PORT,
-    backend_store: str | None = None, timeout: float = START_TIMEOUT_S,
+    backend_store: str | None = None, timeout: float = START_TIMEOUT_S, worker_port: int = DEFAULT_WORKER_PORT,
 ) -> list[Service]:  # fmt: skip
-    """Start the services not yet running, wait until each answers, record them; the running services."""
+    """Start the services not yet running, wait until each answers, record them; the running services.
+
+    The servers start together; the search worker after them, as their client."""
     project_dir = Path(project_dir).resolve()
     folder = stack_file(project_dir).parent
     folder.mkdir(parents=True, exist_ok=True)
     running = {s.name: s for s in read_stack(project_dir) if s.answers()}
     commands = _commands(project_dir, backend_store, project_dir / "mlartifacts")
-    ports = {"prefect": prefect_port, "mlflow": mlflow_port}
-    health = {"prefect": "/api/health", "mlflow": "/health"}
-    started: list[tuple[Service, subprocess.Popen]] = []
-    for name, command in commands.items():
-        if name in running:
-            continue
-        log = folder / f"{name}.log"
-        env = _environment(project_dir)
-        if name == "prefect":  # the UI asks the API where these say (else it looks on port 4200)
-            env |= {"PREFECT_SERVER_API_HOST": HOST, "PREFECT_SERVER_API_PORT": str(ports[name]),
-                    "PREFECT_UI_API_URL": f"http://{HOST}:{ports[name]}/api"}  # fmt: skip
-        with log.open("ab") as out:
-            process = subprocess.Popen(
-                [part.replace("{port}", str(ports[name])) for part in command], cwd=project_dir,
-                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
-        started.append((Service(name, f"http://{HOST}:{ports[name]}", health[name], process.pid, str(log)), process))
+    ports = {"prefect": prefect_port, "mlflow": mlflow_port, "searches": worker_port}
+    started: list[Service] = []
     try:
-        for service, process in started:
-            _wait_until_up(service, process, timeout)
+        for phase in (("prefect", "mlflow"), ("searches",)):
+            starting: list[tuple[Service, subprocess.Popen]] = []
+            for name in phase:
+                if name in running:
+                    continue
+                log = folder / f"{name}.log"
+                with log.open("ab") as out:
+                    process = subprocess.Popen(
+                        [part.replace("{port}", str(ports[name])) for part in commands[name]], cwd=project_dir,
+                        env=_service_environment(name, project_dir, ports[name], running), stdout=out,
+                        stderr=subprocess.STDOUT, start_new_session=True,
+                    )  # fmt: skip
+                service = Service(name, f"http://{HOST}:{ports[name]}", HEALTH[name], process.pid, str(log))
+                starting.append((service, process))
+                started.append(service)
+            for service, process in starting:
+                _wait_until_up(service, process, timeout)
+                running[service.name] = service
     except StackError:
-        for service, _ in started:
+        for service in started:
             _stop(service)
         raise
-    services = [*running.values(), *(s for s, _ in started)]
+    services = [running[name] for name in commands if name in running]
     _write(project_dir, services)
     return services
 
@@ -157,9 +207,9 @@ def _wait_until_up(service: Service, process: subprocess.Popen, timeout: float) 
         if service.answers():
             return
         if process.poll() is not None:
-            raise StackError(f"the {service.name} server exited with code {process.returncode}; see {service.log}")
+            raise StackError(f"the {service.name} service exited with code {process.returncode}; see {service.log}")
         time.sleep(0.5)
-    raise StackError(f"the {service.name} server did not answer {service.url} within {timeout:.0f} s; see {service.log}")
+    raise StackError(f"the {service.name} service did not answer {service.url} within {timeout:.0f} s; see {service.log}")
 
 
 def _write(project_dir: Path, services: list[Service]) -> None:
@@ -190,6 +240,6 @@ def _stop(service: Service) -> bool:
 def down(project_dir: Path) -> list[tuple[Service, bool]]:
     """Stop what ``nas up`` started for this project; each service and whether it was still running."""
     services = read_stack(project_dir)
-    stopped = [(service, _stop(service)) for service in services]
+    stopped = [(service, _stop(service)) for service in reversed(services)]  # the worker, a client, first
     stack_file(project_dir).unlink(missing_ok=True)
     return stopped

@@ -136,8 +136,8 @@ def stack(postgres, tmp_path_factory) -> Iterator[Stack]:
     root = tmp_path_factory.mktemp("postgres-stack")
     project, env = make_project(root / "project"), nas_env(root)
     env.pop("PREFECT_API_URL", None)
-    ports = [str(free_port()), str(free_port())]
-    up = ["up", "--prefect-port", ports[0], "--mlflow-port", ports[1], "--backend-store", postgres]
+    ports = [str(free_port()), str(free_port()), str(free_port())]
+    up = ["up", "--prefect-port", ports[0], "--mlflow-port", ports[1], "--worker-port", ports[2], "--backend-store", postgres]
     started = _nas(project, env, *up)
     try:
         assert started.returncode == 0, started.stdout + started.stderr

@@ -1,10 +1,12 @@
-"""`nas up` / `nas status` / `nas down` as a user runs them: both servers started for a project, a search that uses
-them, its flow run in the Prefect UI and its runs in the MLflow UI (headless Chromium), then exactly those stopped."""
+"""`nas up` / `nas status` / `nas down` as a user runs them: both servers and the search worker started for a
+project, a search that runs in the worker, its flow run in the Prefect UI and its runs in the MLflow UI (headless
+Chromium), a search stopped by Ctrl-C in the worker, then exactly those services stopped."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import urllib.request
@@ -13,11 +15,14 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from flows.search_worker import ConsoleFiles
+from flows.stack import free_search_worker
 from tests.conftest import free_port, make_project
-from tests.e2e.faults import nas_env
+from tests.e2e.faults import candidate_runs, nas_env, start_search, wait_for
 from tests.e2e.test_mlflow_ui import ARTIFACTS, Browser, assert_screenshot, text_has
 
 NAS = [sys.executable, "-m", "flows.cli"]
+WORKER_FLAGS = {"searches": "worker"}  # the service's name -> its port flag's
 
 
 def _nas(project: Path, env: dict[str, str], *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -44,8 +49,9 @@ def stack(chromium, tmp_path_factory):
     root = tmp_path_factory.mktemp("stack")
     project, env = make_project(root / "project"), nas_env(root)
     env.pop("PREFECT_API_URL", None)
-    ports = {"prefect": free_port(), "mlflow": free_port()}
-    started = _nas(project, env, "up", "--prefect-port", str(ports["prefect"]), "--mlflow-port", str(ports["mlflow"]))
+    ports = {"prefect": free_port(), "mlflow": free_port(), "searches": free_port()}
+    flags = [item for name, port in ports.items() for item in (f"--{WORKER_FLAGS.get(name, name)}-port", str(port))]
+    started = _nas(project, env, "up", *flags)
     try:
         assert started.returncode == 0, started.stdout + started.stderr
         yield project, env, {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
@@ -66,6 +72,7 @@ def test_status_shows_both_servers_answering(stack):
     proc = _nas(project, env, "status")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert f"prefect: {urls['prefect']} answers" in proc.stdout and f"mlflow: {urls['mlflow']} answers" in proc.stdout
+    assert f"searches: {urls['searches']} answers" in proc.stdout
 
 
 def test_a_search_uses_the_running_servers_and_says_so_first(stack, searched):
@@ -73,6 +80,8 @@ def test_a_search_uses_the_running_servers_and_says_so_first(stack, searched):
     proc, summary = searched
     first = proc.stderr.splitlines()[0]  # progress and notes go to stderr, the results to stdout
     assert f"Prefect: {urls['prefect']}/api" in first and f"MLflow: {urls['mlflow']}" in first
+    assert f"runs in the warm search worker {urls['searches']}" in first
+    assert "summary: " in proc.stdout and "MLflow runs:" in proc.stdout, "the worker's output is printed by the command"
     assert summary["mlflow_tracking_uri"] == urls["mlflow"]
     client = MlflowClient(urls["mlflow"])
     assert {client.get_run(c["mlflow_run_id"]).info.status for c in summary["candidates"]} == {"FINISHED"}
@@ -101,12 +110,45 @@ def test_the_prefect_and_mlflow_uis_show_the_search(stack, searched, chromium, t
         browser.close()
 
 
+def test_in_process_runs_the_search_in_the_command(stack, searched):
+    project, env, urls = stack
+    args = ["--budget", "1", "--epochs", "1", "--output", "here", "--quiet", "--in-process"]
+    proc = _nas(project, env, "search", *args)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    first = proc.stderr.splitlines()[0]
+    assert f"Prefect: {urls['prefect']}/api" in first and "search worker" not in first
+    search_id = json.loads((project / "here" / "summary.json").read_text())["search_id"]
+    assert not ConsoleFiles.of(project, search_id).out.exists()
+
+
+def test_ctrl_c_stops_the_search_in_the_worker_resumably_and_frees_the_worker(stack, searched, tmp_path):
+    project, env, urls = stack
+    log = tmp_path / "search.log"
+    proc = start_search(["--budget", "2", "--population", "2", "--epochs", "200", "--output", "stopped"], project, env, log)
+    try:
+        wait_for(lambda: "training generation 1" in log.read_text(), 300, "the first generation to train", proc)
+        proc.send_signal(signal.SIGINT)  # the command only: the worker is another process group
+        assert proc.wait(timeout=300) == 130, log.read_text()[-2000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    output = log.read_text()
+    assert "runs in the warm search worker" in output.splitlines()[0]
+    assert "stopped on request: runs in flight marked KILLED, checkpoint kept" in output
+    assert (project / "stopped" / "search.json").is_file() and not (project / "stopped" / "summary.json").exists()
+    saved = json.loads((project / "stopped" / "search.json").read_text())
+    killed = candidate_runs(MlflowClient(urls["mlflow"]), searched[1]["mlflow_experiment"], "KILLED")
+    assert {r.data.tags["nas.search_id"] for r in killed} == {saved["search_id"]}, "its candidates' runs were closed KILLED"
+    wait_for(lambda: free_search_worker(project) == urls["searches"], 60, "the worker to be free again")
+
+
 def test_down_stops_exactly_what_up_started(stack, searched):
     project, env, _ = stack
     recorded = json.loads((project / ".nas" / "stack.json").read_text())["services"]
     assert all(_alive(service["pid"]) for service in recorded)
     proc = _nas(project, env, "down")
-    assert proc.returncode == 0 and "prefect: stopped" in proc.stdout and "mlflow: stopped" in proc.stdout
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert {"prefect: stopped", "mlflow: stopped", "searches: stopped"} <= set(proc.stdout.splitlines())
     assert not any(_alive(service["pid"]) for service in recorded)
     assert _nas(project, env, "status").returncode == 1
 

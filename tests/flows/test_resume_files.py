@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from flows import cli
+from flows import cli, running
 from flows.cli import EXIT_FAILED, EXIT_USAGE, main
 from nas_core.search import checkpoint as files
 from nas_core.search.ports import MemoryTracker, ModelExportError
@@ -44,7 +44,7 @@ def unfinished(finished_without_model, tmp_path):
 )
 def test_a_damaged_state_json_is_one_line_and_exit_2_before_anything_starts(unfinished, capsys, monkeypatch, damage, words):
     started = []
-    monkeypatch.setattr(cli, "_prefect_environment", lambda *args, **kwargs: started.append(args))  # right before the flow
+    monkeypatch.setattr(cli, "run_search", lambda *args, **kwargs: started.append(args))  # the search itself
     path = unfinished / files.STATE_FILE
     damage(path)
     damaged = path.read_bytes()
@@ -70,7 +70,7 @@ def test_damaged_weights_are_announced_then_the_resume_goes_on(unfinished, capsy
     def stop(*args, **kwargs):
         raise Started
 
-    monkeypatch.setattr(cli, "_prefect_environment", stop)
+    monkeypatch.setattr(cli, "run_search", stop)
     weights = unfinished / files.WEIGHTS_FILE
     weights.write_bytes(weights.read_bytes()[:40])
     with pytest.raises(Started):
@@ -83,7 +83,7 @@ def test_damaged_weights_are_announced_then_the_resume_goes_on(unfinished, capsy
 def test_a_search_without_its_model_exits_1_saying_why(finished_without_model, capsys):
     summary = SearchSummary.read(finished_without_model / "out")
     assert summary.best is not None and summary.best.onnx_path is None
-    assert cli._gate_and_markdown(summary, [], None) == EXIT_FAILED
+    assert running.gate_and_markdown(summary, [], None) == EXIT_FAILED
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     assert "no model: export failed: onnx.checker rejected the model: bad node" in err and "best.genome" in err

@@ -11,7 +11,8 @@ import pytest
 import typer
 import yaml
 
-from flows.cli import EXIT_FAILED, EXIT_GATE, EXIT_OK, EXIT_USAGE, app, main
+from flows.cli import app, main
+from flows.running import EXIT_FAILED, EXIT_GATE, EXIT_OK, EXIT_USAGE
 from nas_core.search.gate import Gate, GateError, check_gates, failure_line, markdown_summary, parse_gate, parse_gates
 from nas_core.search.summary import SearchSummary
 from tests.conftest import REPO_ROOT, make_project, shared_prefect_harness

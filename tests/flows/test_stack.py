@@ -1,0 +1,80 @@
+"""Which of `nas up`'s services a search uses: the search worker only when it answers and has room. The services here
+are small HTTP servers answering as the worker's status app does; tests/e2e/test_stack.py runs the real ones."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from flows import stack
+from flows.stack import Service, free_search_worker, running_urls
+
+
+class _Status(BaseHTTPRequestHandler):
+    answer: dict = {}
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        body = json.dumps(self.answer).encode()
+        self.send_response(200 if self.path == "/status" else 404)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def worker_status() -> Iterator[tuple[str, type[_Status]]]:
+    """A loopback HTTP server whose /status answers what the test sets."""
+    handler = type("Status", (_Status,), {"answer": {}})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", handler
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _record(project, url: str) -> None:
+    stack.stack_file(project).parent.mkdir(parents=True)
+    stack._write(project, [Service("searches", url, "/status", os.getpid(), "searches.log")])
+
+
+def test_a_free_worker_is_used_and_a_busy_or_stopping_one_is_not(tmp_path, worker_status):
+    url, handler = worker_status
+    _record(tmp_path, url)
+    handler.answer = {"stopping": False, "available": 1, "current": 0}
+    assert free_search_worker(tmp_path) == url
+    assert running_urls(tmp_path) == {"searches": url}
+    handler.answer = {"stopping": False, "available": 0, "current": 1}
+    assert free_search_worker(tmp_path) is None
+    handler.answer = {"stopping": True, "available": 1, "current": 0}
+    assert free_search_worker(tmp_path) is None
+
+
+def test_no_worker_when_none_was_started_or_it_does_not_answer(tmp_path, worker_status):
+    assert free_search_worker(tmp_path) is None  # no stack.json
+    _record(tmp_path, "http://127.0.0.1:9")  # nobody listens on the discard port
+    assert free_search_worker(tmp_path) is None
+    stack.stack_file(tmp_path).write_text("{damaged")
+    assert free_search_worker(tmp_path) is None
+
+
+def test_the_worker_starts_after_the_servers_as_their_client(tmp_path):
+    running = {
+        "prefect": Service("prefect", "http://127.0.0.1:1", "/api/health", 1, "p.log"),
+        "mlflow": Service("mlflow", "http://127.0.0.1:2", "/health", 2, "m.log"),
+    }
+    env = stack._service_environment("searches", tmp_path, 3, running)
+    assert env["PREFECT_API_URL"] == "http://127.0.0.1:1/api" and env["MLFLOW_TRACKING_URI"] == "http://127.0.0.1:2"
+    assert env["PREFECT_RESULTS_LOCAL_STORAGE_PATH"] == str(stack.task_storage(tmp_path))
+    servers = stack._service_environment("mlflow", tmp_path, 2, running)
+    assert "PREFECT_API_URL" not in servers and "MLFLOW_TRACKING_URI" not in servers
+    assert list(stack._commands(tmp_path, None, tmp_path / "a")) == ["prefect", "mlflow", "searches"]

@@ -4,6 +4,7 @@ and the stop request. The worker itself, with `nas up` and a real search, is tes
 from __future__ import annotations
 
 import io
+import os
 import sys
 import threading
 import time
@@ -93,3 +94,13 @@ def test_a_request_keeps_the_command_folder_and_absolute_paths(tmp_path, monkeyp
     assert request.fail_under == ("val_accuracy=0.5",) and request.columns == "150"
     assert SearchConfig(**request.config) == config  # the worker rebuilds the very settings
     assert request.console == ConsoleFiles.of(tmp_path, "s1")  # the project folder is read from the command's folder
+
+
+def test_the_command_terminal_width_is_set_for_the_search_only(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    monkeypatch.delenv("NAS_TEST_UNSET", raising=False)
+    with search_worker._environment(COLUMNS="150", NAS_TEST_UNSET=None):
+        assert os.environ["COLUMNS"] == "150" and "NAS_TEST_UNSET" not in os.environ
+    with search_worker._environment(COLUMNS=None):
+        assert "COLUMNS" not in os.environ
+    assert os.environ["COLUMNS"] == "80"

@@ -23,6 +23,7 @@ from tests.e2e.test_mlflow_ui import ARTIFACTS, Browser, assert_screenshot, text
 
 NAS = [sys.executable, "-m", "flows.cli"]
 WORKER_FLAGS = {"searches": "worker"}  # the service's name -> its port flag's
+SEARCH = ("--budget", "2", "--population", "2", "--epochs", "2", "--quiet")
 
 
 def _nas(project: Path, env: dict[str, str], *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -62,7 +63,7 @@ def stack(chromium, tmp_path_factory):
 @pytest.fixture(scope="module")
 def searched(stack):
     project, env, urls = stack
-    proc = _nas(project, env, "search", "--budget", "2", "--population", "2", "--epochs", "1", "--output", "out", "--quiet")
+    proc = _nas(project, env, "search", *SEARCH, "--output", "out")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     return proc, json.loads((project / "out" / "summary.json").read_text())
 
@@ -110,15 +111,19 @@ def test_the_prefect_and_mlflow_uis_show_the_search(stack, searched, chromium, t
         browser.close()
 
 
-def test_in_process_runs_the_search_in_the_command(stack, searched):
+def test_in_process_runs_the_search_in_the_command_with_the_results_of_the_worker(stack, searched):
     project, env, urls = stack
-    args = ["--budget", "1", "--epochs", "1", "--output", "here", "--quiet", "--in-process"]
-    proc = _nas(project, env, "search", *args)
+    proc = _nas(project, env, "search", *SEARCH, "--output", "here", "--in-process")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     first = proc.stderr.splitlines()[0]
     assert f"Prefect: {urls['prefect']}/api" in first and "search worker" not in first
-    search_id = json.loads((project / "here" / "summary.json").read_text())["search_id"]
-    assert not ConsoleFiles.of(project, search_id).out.exists()
+    here = json.loads((project / "here" / "summary.json").read_text())
+    assert not ConsoleFiles.of(project, here["search_id"]).out.exists()
+    results = [
+        sorted((c["hash"], c["val_accuracy"], c["val_f1"], c["test_accuracy"]) for c in s["candidates"])
+        for s in (here, searched[1])
+    ]
+    assert results[0] == results[1], "the same search in the command and in the warm worker: the same networks, the same figures"
 
 
 def test_ctrl_c_stops_the_search_in_the_worker_resumably_and_frees_the_worker(stack, searched, tmp_path):

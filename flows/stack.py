@@ -10,7 +10,7 @@ groups ``nas up`` started. While they run, ``nas search`` in the project uses th
 (:func:`free_search_worker`).
 
 Only the standard library is imported here, so these commands answer at once. The servers themselves are
-Prefect's and MLflow's own commands.
+Prefect's and MLflow's own commands; the worker is :mod:`flows.search_worker`.
 """
 
 from __future__ import annotations

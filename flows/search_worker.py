@@ -33,7 +33,7 @@ from prefect.cache_policies import NO_CACHE
 
 CONSOLE_DIR = "searches"  # under the stack's folder: each handed-over search's output and stop request
 POLL_S = 0.2  # how often the command prints new output, and the worker looks for a stop request
-WORKER_CHECK_S = 5.0  # how often the command checks that the worker still answers
+WORKER_CHECK_S = 5.0  # how often the command checks that the worker still answers (and reads the task run's state)
 WORKER_MISSES = 3  # checks in a row without an answer: the worker is gone
 
 
@@ -261,19 +261,25 @@ class _Tail:
 
 
 def _follow(future: Any, tails: list[_Tail], worker_url: str) -> bool:
-    """Print the search's output as it comes until its task run ends; False when the worker stopped answering."""
+    """Print the search's output as it comes until its task run ends; False when the worker stopped answering.
+
+    The end comes as Prefect's event (a done callback); the task run's state is also read at each check of the
+    worker, in case an event was missed."""
     from flows.stack import worker_status
 
+    done = threading.Event()
+    future.add_done_callback(lambda _: done.set())
     checked, misses = time.monotonic(), 0
-    while not future.state.is_final():
+    while not done.wait(POLL_S):
         for tail in tails:
             tail.print_new()
         if time.monotonic() - checked > WORKER_CHECK_S:  # a worker busy training may answer late: only misses in a row
             checked = time.monotonic()
+            if future.state.is_final():
+                break
             misses = 0 if worker_status(worker_url, timeout=WORKER_CHECK_S) is not None else misses + 1
             if misses == WORKER_MISSES:
                 return False
-        future.wait(timeout=POLL_S)
     return True
 
 

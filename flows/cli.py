@@ -572,8 +572,8 @@ def down(project_dir: ProjectOption = Path(".")) -> int:
         stopped = stop_stack(project_dir)
     except StackError as exc:
         raise UsageProblem(str(exc)) from None
-    for service, was_running in stopped:
-        print(f"{service.name}: {'stopped' if was_running else 'was not running'}")
+    for service, outcome in stopped:
+        print(f"{service.name}: {outcome}")
     if not stopped:
         print("no servers were started here with nas up")
     return EXIT_OK

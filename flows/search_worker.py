@@ -16,6 +16,7 @@ as the task's result.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import os
 import shutil
@@ -35,6 +36,7 @@ CONSOLE_DIR = "searches"  # under the stack's folder: each handed-over search's 
 POLL_S = 0.2  # how often the command prints new output, and the worker looks for a stop request
 WORKER_CHECK_S = 5.0  # how often the command checks that the worker still answers (and reads the task run's state)
 WORKER_MISSES = 3  # checks in a row without an answer: the worker is gone
+TERMINATING = threading.Event()  # SIGTERM (`nas down`): the running search stops, then the worker exits
 
 
 @dataclass(frozen=True)
@@ -140,7 +142,7 @@ def _stop_when_asked(stop_file: Path) -> Iterator[None]:
 
     def watch() -> None:
         while not done.wait(POLL_S):
-            if stop_file.exists():
+            if stop_file.exists() or TERMINATING.is_set():
                 request_stop()  # again at every look: the search clears stop requests when it starts
 
     watcher = threading.Thread(target=watch, name="nas-stop-watcher", daemon=True)
@@ -201,22 +203,47 @@ def warm_up() -> None:
         requirements_utils._init_modules_to_packages_map()  # noqa: SLF001 - no public way to build it ahead
 
 
+def _search_task_worker(serving: asyncio.Task[None]) -> Any:
+    """Prefect's task worker for :func:`run_search_request`, stopped by SIGTERM.
+
+    Prefect's own SIGTERM handler stops the task worker on Prefect's event loop thread, not the one ``serving`` runs
+    in (``asyncio.run``): it kept serving until ``nas down`` killed it 20 s later, a search in it left RUNNING. Here
+    the search stops as on Ctrl-C (runs KILLED, checkpoint kept) and the worker exits once it has."""
+    from prefect.task_worker import TaskWorker, logger
+
+    class SearchTaskWorker(TaskWorker):
+        def handle_sigterm(self, signum: int, frame: object) -> None:
+            logger.info("SIGTERM received: the running search (if any) stops, then the worker")
+            TERMINATING.set()
+            serving.get_loop().call_soon_threadsafe(lambda: asyncio.ensure_future(self.stop_when_idle()))
+
+        async def stop_when_idle(self) -> None:
+            while self.current_tasks:  # the search's run ends first: cancelled, Prefect would log it as failed
+                await asyncio.sleep(POLL_S)
+            serving.cancel()
+
+    return SearchTaskWorker(run_search_request, limit=1)
+
+
 async def _serve_tasks(port: int) -> None:
     """Prefect's task worker with its status app on ``port``; the app's server logs nothing of its own (Prefect's
     ``serve(status_server_port=...)`` lets uvicorn reset the process's logging, which fails on Prefect's API log
-    handler)."""
-    import asyncio
-
+    handler). Returns after SIGTERM, once the running search (if any) has stopped."""
     import uvicorn
-    from prefect.task_worker import TaskWorker, create_status_server
+    from prefect.task_worker import create_status_server
 
-    worker = TaskWorker(run_search_request, limit=1)
+    serving = asyncio.current_task()
+    assert serving is not None
+    worker = _search_task_worker(serving)
     config = uvicorn.Config(
         create_status_server(worker), host="127.0.0.1", port=port, access_log=False, log_config=None, log_level="warning"
     )
     status = asyncio.get_running_loop().create_task(uvicorn.Server(config).serve())
     try:
         await worker.astart()
+    except asyncio.CancelledError:
+        if not TERMINATING.is_set():
+            raise
     finally:
         status.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -225,8 +252,6 @@ async def _serve_tasks(port: int) -> None:
 
 def serve(port: int, project_dir: Path) -> None:
     """Warm up, then run handed-over searches one at a time; ``/status`` on ``port`` answers once warm."""
-    import asyncio
-
     from flows.running import prefect_environment
 
     prefect_environment(project_dir, quiet_console=True)

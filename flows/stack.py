@@ -37,6 +37,7 @@ HOST = "127.0.0.1"
 HEALTH_TIMEOUT_S = 2.0
 START_TIMEOUT_S = 180.0  # a Prefect server takes 20 s and more to boot on a loaded 2-core machine
 STOP_TIMEOUT_S = 20.0
+STOPPED, NOT_RUNNING = "stopped", "was not running"  # how `nas down` found a service
 
 
 class StackError(RuntimeError):
@@ -219,26 +220,27 @@ def _write(project_dir: Path, services: list[Service]) -> None:
     partial.replace(path)
 
 
-def _stop(service: Service) -> bool:
-    """Stop a service's process group (SIGTERM, then SIGKILL); whether it was running."""
+def _stop(service: Service) -> str:
+    """Stop a service's process group: SIGTERM, then SIGKILL if it is still there after ``STOP_TIMEOUT_S``; what
+    happened, in words."""
     try:
         os.killpg(service.pid, signal.SIGTERM)
     except ProcessLookupError:
-        return False
+        return NOT_RUNNING
     deadline = time.monotonic() + STOP_TIMEOUT_S
     while time.monotonic() < deadline:
         try:
             os.killpg(service.pid, 0)
         except ProcessLookupError:
-            return True
+            return STOPPED
         time.sleep(0.2)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(service.pid, signal.SIGKILL)
-    return True
+    return f"killed (still running {STOP_TIMEOUT_S:g} s after SIGTERM)"
 
 
-def down(project_dir: Path) -> list[tuple[Service, bool]]:
-    """Stop what ``nas up`` started for this project; each service and whether it was still running."""
+def down(project_dir: Path) -> list[tuple[Service, str]]:
+    """Stop what ``nas up`` started for this project; each service and how it stopped (:func:`_stop`)."""
     services = read_stack(project_dir)
     stopped = [(service, _stop(service)) for service in reversed(services)]  # the worker, a client, first
     stack_file(project_dir).unlink(missing_ok=True)

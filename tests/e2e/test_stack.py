@@ -147,15 +147,27 @@ def test_ctrl_c_stops_the_search_in_the_worker_resumably_and_frees_the_worker(st
     wait_for(lambda: free_search_worker(project) == urls["searches"], 60, "the worker to be free again")
 
 
-def test_down_stops_exactly_what_up_started(stack, searched):
+def test_down_stops_exactly_what_up_started_and_the_search_running_in_it(stack, searched, tmp_path):
+    """SIGTERM stops each service (none is left for SIGKILL); the worker stops its search first, resumably."""
     project, env, _ = stack
     recorded = json.loads((project / ".nas" / "stack.json").read_text())["services"]
     assert all(_alive(service["pid"]) for service in recorded)
-    proc = _nas(project, env, "down")
+    log = tmp_path / "search.log"
+    search = start_search(["--budget", "2", "--population", "2", "--epochs", "200", "--output", "downed"], project, env, log)
+    try:
+        wait_for(lambda: "training generation 1" in log.read_text(), 300, "the first generation to train", search)
+        proc = _nas(project, env, "down")
+        assert search.wait(timeout=300) == 130, log.read_text()[-2000:]
+    finally:
+        if search.poll() is None:
+            search.kill()
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert {"prefect: stopped", "mlflow: stopped", "searches: stopped"} <= set(proc.stdout.splitlines())
+    assert {"prefect: stopped", "mlflow: stopped", "searches: stopped"} <= set(proc.stdout.splitlines()), proc.stdout
     assert not any(_alive(service["pid"]) for service in recorded)
     assert _nas(project, env, "status").returncode == 1
+    assert "runs in the warm search worker" in log.read_text().splitlines()[0]
+    assert "stopped on request: runs in flight marked KILLED, checkpoint kept" in log.read_text()
+    assert (project / "downed" / "search.json").is_file() and not (project / "downed" / "summary.json").exists()
 
 
 def test_after_down_the_project_searches_on_its_own_store(stack, searched):

@@ -73,6 +73,16 @@ def test_a_stop_file_asks_the_search_to_stop_again_after_it_clears_and_not_after
     assert not any(t.name == "nas-stop-watcher" for t in threading.enumerate())
 
 
+def test_sigterm_to_the_worker_asks_the_running_search_to_stop(tmp_path, monkeypatch):
+    files = _files(tmp_path)
+    clear_stop()
+    monkeypatch.setattr(search_worker, "TERMINATING", threading.Event())
+    with _stop_when_asked(files.stop):
+        search_worker.TERMINATING.set()  # what the worker's SIGTERM handler sets, no stop file
+        assert _eventually(stop_requested)
+    assert not stop_requested()
+
+
 def _eventually(predicate, timeout: float = 30.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

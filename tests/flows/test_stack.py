@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -78,3 +82,22 @@ def test_the_worker_starts_after_the_servers_as_their_client(tmp_path):
     servers = stack._service_environment("mlflow", tmp_path, 2, running)
     assert "PREFECT_API_URL" not in servers and "MLFLOW_TRACKING_URI" not in servers
     assert list(stack._commands(tmp_path, None, tmp_path / "a")) == ["prefect", "mlflow", "searches"]
+
+
+def _service(tmp_path, *command: str) -> tuple[Service, subprocess.Popen]:
+    proc = subprocess.Popen(list(command), start_new_session=True)  # its own process group, as `nas up` starts them
+    threading.Thread(target=proc.wait, daemon=True).start()  # reaped as soon as it ends (`nas up` has exited: init)
+    return Service("probe", "http://127.0.0.1:1", "/", proc.pid, str(tmp_path / "log")), proc
+
+
+def test_down_says_whether_sigterm_stopped_a_service_or_it_had_to_be_killed(tmp_path, monkeypatch):
+    monkeypatch.setattr(stack, "STOP_TIMEOUT_S", 1.0)
+    service, proc = _service(tmp_path, "sleep", "60")
+    assert stack._stop(service) == stack.STOPPED
+    assert proc.wait(timeout=30) == -signal.SIGTERM
+    ignoring = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print(flush=True); time.sleep(60)"
+    service, proc = _service(tmp_path, sys.executable, "-c", ignoring)
+    time.sleep(0.5)  # (the handler is set before the interpreter would even read a SIGTERM's default)
+    assert stack._stop(service) == "killed (still running 1 s after SIGTERM)"
+    assert proc.wait(timeout=30) == -signal.SIGKILL
+    assert stack._stop(service) == stack.NOT_RUNNING

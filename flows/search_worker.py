@@ -186,6 +186,7 @@ def run_search_request(request: SearchRequest) -> int:
 
 def warm_up() -> None:
     """Do once what every search would do first: import its libraries and set up what they set up on first use."""
+    import dvc.repo  # noqa: F401 - the data push
     import numpy as np
     import torch._dynamo  # noqa: F401 - loaded by PyTorch's first optimizer
     from torch import nn

@@ -65,6 +65,17 @@ def test_push_then_pull_restores_the_data_from_the_default_local_remote(project)
     assert _files(project / "data") == original
 
 
+@pytest.mark.slow  # real DVC processes
+def test_a_failed_push_is_a_versioning_error_naming_the_push(project):
+    ensure_repo(project)
+    prepare_dataset("digits", project / "data")
+    track_data(project)
+    (project / "not-a-folder").write_text("")
+    run_dvc(project, "remote", "add", "--force", "--default", "local", str(project / "not-a-folder"))
+    with pytest.raises(VersioningError, match=r"`dvc push data.dvc` failed in .*: NotADirectoryError"):
+        push_data(project)
+
+
 def test_ensure_repo_works_outside_git(tmp_path):
     ensure_repo(tmp_path)
     assert (tmp_path / ".dvc" / "config").is_file()
@@ -100,10 +111,13 @@ def test_preparing_unchanged_data_again_needs_no_dvc_add(project, monkeypatch):
     first = DvcDataStore(project).prepare("digits")
     assert "add" in [args[0] for args in calls]
     calls.clear()
+    pushed = []
+    monkeypatch.setattr(dvc_versioning, "push_data", lambda root: pushed.append(root) or push_data(root))
     again = DvcDataStore(project).prepare("digits")
     assert again.version == first.version == tracked_version(project)
-    # the remote is read from the config; what `dvc add` hashed is known unchanged: no status check, nothing added
-    assert [args[0] for args in calls] == ["push"]
+    # the remote is read from the config; what `dvc add` hashed is known unchanged: no status check, nothing added,
+    # and the push runs in this process: no `dvc` process at all
+    assert calls == [] and pushed == [project.resolve()]
     (project / "data" / "digits" / "meta.json").write_text("{}\n")  # a changed file is caught, never tracked quietly
     with pytest.raises(DataIntegrityError):
         DvcDataStore(project).prepare("digits")

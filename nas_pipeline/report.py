@@ -394,11 +394,14 @@ def write_report(
     destination: Path | None = None,
     histories: Mapping[str, Sequence[Mapping[str, float]]] | None = None,
     summary: SearchSummary | None = None,
+    search_plots: Mapping[str, Path] | None = None,
 ) -> Path:
     """Write the HTML report of the search in ``output`` (default ``output/report.html``); return its path.
 
     ``histories`` (MLflow run id -> per-epoch metric dicts, see :func:`fetch_histories`) adds learning curves.
     ``summary`` is the search's summary when the caller has it (else ``output/summary.json`` is read).
+    ``search_plots`` are the summary's :func:`~nas_pipeline.plots.search_plots` when the caller drew them (else they
+    are drawn here).
     """
     output = Path(output)
     summary = load_summary(output) if summary is None else summary
@@ -406,7 +409,7 @@ def write_report(
     search_id = str(summary.search_id or output.name)
     with tempfile.TemporaryDirectory(prefix="nas-report-") as scratch:
         folder = Path(scratch)
-        search = plots.search_plots(summary, folder)
+        search = plots.search_plots(summary, folder) if search_plots is None else search_plots
         figures = "".join(_figure(search[key], caption) for key, caption in _SEARCH_CAPTIONS.items() if key in search)
         body = [
             f"<h1>NAS search {escape(search_id)}</h1>",
@@ -438,11 +441,11 @@ class HtmlReporter:
     def report(self, summary: SearchSummary) -> list[tuple[Path, str | None]]:
         output = summary.folder
         try:
-            drawn = [(path, PLOTS_DIR) for path in plots.search_plots(summary, output / PLOTS_DIR).values()]
-            write_report(output, output / REPORT_FILE, summary=summary)
+            search = plots.search_plots(summary, output / PLOTS_DIR)
+            write_report(output, output / REPORT_FILE, summary=summary, search_plots=search)
         except Exception as exc:
             if is_transient(exc):
                 raise
             warnings.warn(f"could not draw the search's plots or report: {type(exc).__name__}: {exc}", stacklevel=2)
             return []
-        return drawn
+        return [(path, PLOTS_DIR) for path in search.values()]

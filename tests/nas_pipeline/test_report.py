@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 import re
@@ -152,3 +153,18 @@ def test_nas_report_bad_target(tmp_path, monkeypatch, capsys):
     assert main(["report", "unfinished"]) == EXIT_USAGE
     assert "has not finished" in capsys.readouterr().err
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_the_searchs_reporter_draws_each_search_plot_once_and_embeds_those(tmp_path, monkeypatch):
+    from nas_pipeline import plots
+    from nas_pipeline.report import PLOTS_DIR, HtmlReporter
+
+    folder = make_search(tmp_path / "search", "sqlite:///nowhere.db")
+    drawn = []
+    monkeypatch.setattr(plots, "search_plots", lambda *args, real=plots.search_plots: drawn.append(real(*args)) or drawn[-1])
+    logged = HtmlReporter().report(load_summary(folder))
+    assert len(drawn) == 1, "the report shows the plots the search logged, not a second drawing of them"
+    assert sorted(logged) == sorted((path, PLOTS_DIR) for path in drawn[0].values())
+    page = (folder / REPORT_FILE).read_text()
+    for path in drawn[0].values():
+        assert base64.b64encode(path.read_bytes()).decode("ascii") in page

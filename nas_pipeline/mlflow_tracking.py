@@ -409,22 +409,19 @@ class MlflowTracker:
 
         return MlflowMemory(self)
 
-    def log_evaluation_plots(self, run_id: str, genome: Any, title: str, dims: int) -> None:
-        """The architecture diagram and the learning curves (read back from the run's per-epoch metrics) as PNGs under
-        the run's ``plots/``; a plotting error is tagged, never blamed on the candidate."""
-        from nas_core.evaluation.worker import EPOCH_METRICS
+    def log_evaluation_plots(
+        self, run_id: str, genome: Any, title: str, dims: int, history: Sequence[tuple[int, Mapping[str, float]]] = ()
+    ) -> None:
+        """The architecture diagram and the learning curves (``history``, else read back from the run's per-epoch
+        metrics) as PNGs under the run's ``plots/``; a plotting error is tagged, never blamed on the candidate."""
         from nas_pipeline.plots import architecture_png, learning_curves_png
 
         try:
-            steps: dict[int, dict[str, float]] = {}
-            for key in EPOCH_METRICS:
-                for metric in self._retry(lambda key=key: self.client.get_metric_history(run_id, key)):
-                    steps.setdefault(metric.step, {"epoch": float(metric.step)})[key] = metric.value
-            history = [steps[step] for step in sorted(steps)]
+            curves = [{"epoch": float(epoch), **values} for epoch, values in history] or self._logged_epochs(run_id)
             with tempfile.TemporaryDirectory() as folder:
                 paths = [architecture_png(genome, Path(folder) / "architecture.png", title, dims=dims)]
-                if history:
-                    paths.append(learning_curves_png(history, Path(folder) / "learning_curves.png", title))
+                if curves:
+                    paths.append(learning_curves_png(curves, Path(folder) / "learning_curves.png", title))
                 for path in paths:
                     self.log_artifact(run_id, path, "plots")
         except Exception as exc:
@@ -432,6 +429,16 @@ class MlflowTracker:
                 raise
             first = str(exc).splitlines()[0] if str(exc) else ""
             self.set_tags(run_id, {"plot_error": f"error: {type(exc).__name__}: {first}"})
+
+    def _logged_epochs(self, run_id: str) -> list[dict[str, float]]:
+        """The run's per-epoch metrics as the store holds them, one dict per epoch (with ``epoch``)."""
+        from nas_core.evaluation.worker import EPOCH_METRICS
+
+        steps: dict[int, dict[str, float]] = {}
+        for key in EPOCH_METRICS:
+            for metric in self._retry(lambda key=key: self.client.get_metric_history(run_id, key)):
+                steps.setdefault(metric.step, {"epoch": float(metric.step)})[key] = metric.value
+        return [steps[step] for step in sorted(steps)]
 
     def reopen_run(self, run_id: str) -> None:
         """Mark a run RUNNING again (a resumed search continues under its old parent run)."""

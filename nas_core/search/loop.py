@@ -639,18 +639,21 @@ class Search:
         return summary
 
     def plot_best(self) -> None:
-        """Draw the figures of the best few trained candidates and of the final model, from their logged metrics."""
+        """Draw the figures of the best few trained candidates (from the epochs the search holds) and of the final
+        model (from its logged metrics)."""
         assert self.tracker is not None
         if self.table is not None:  # looked up: no epochs, no training to show
             return
         ranked = sorted((r for r in self.records if r.ok and r.trained), key=Evaluation.best_key, reverse=True)
-        shown = [(r.mlflow_run_id, r.genome, f"candidate-{r.index:03d}-{r.hash[:8]}") for r in ranked[:PLOTTED_CANDIDATES]]
+        shown = [
+            (r.mlflow_run_id, r.genome, f"candidate-{r.index:03d}-{r.hash[:8]}", r.epochs) for r in ranked[:PLOTTED_CANDIDATES]
+        ]
         best, final = self.best(), self.current_final()
         if best is not None and final is not None:
-            shown.append((final.run_id, best.genome, "final model"))
+            shown.append((final.run_id, best.genome, "final model", ()))  # its epochs are in its run only
         dims = int(getattr(type(self.space), "input_ndim", 2))
-        for run_id, genome, title in shown:
-            self.tracker.log_evaluation_plots(run_id, genome, title, dims)
+        for run_id, genome, title, epochs in shown:
+            self.tracker.log_evaluation_plots(run_id, genome, title, dims, epochs)
 
     def summary(self, outcome: ExportOutcome | None) -> SearchSummary:
         """The search as it stands (timings are added by :meth:`finish`)."""

@@ -70,9 +70,12 @@ class Tracker(Protocol):
         :meth:`end_run`: one write of them all (per store limit), not one each."""
         ...
 
-    def log_evaluation_plots(self, run_id: str, genome: Any, title: str, dims: int) -> None:
-        """Draw an evaluation's figures from its logged per-epoch metrics and attach them to its run (a store without
-        artifacts may do nothing); the search draws them once, at its end, for its best few."""
+    def log_evaluation_plots(
+        self, run_id: str, genome: Any, title: str, dims: int, history: Sequence[tuple[int, Mapping[str, float]]] = ()
+    ) -> None:
+        """Draw an evaluation's figures and attach them to its run (a store without artifacts may do nothing); the
+        search draws them once, at its end, for its best few. The learning curves are ``history`` (the metrics of each
+        epoch) when the search holds it, else the run's logged per-epoch metrics."""
         ...
 
     def running_runs(self, search_id: str, roles: Sequence[str]) -> list[str]: ...
@@ -263,7 +266,9 @@ class MemoryTracker:
             self.set_tags(run_id, tags)
         self.end_run(run_id, ok, status)
 
-    def log_evaluation_plots(self, run_id: str, genome: Any, title: str, dims: int) -> None:
+    def log_evaluation_plots(
+        self, run_id: str, genome: Any, title: str, dims: int, history: Sequence[tuple[int, Mapping[str, float]]] = ()
+    ) -> None:
         pass
 
     def running_runs(self, search_id: str, roles: Sequence[str]) -> list[str]:

@@ -183,6 +183,28 @@ def test_evaluation_plots_are_drawn_from_the_logged_epochs(store, monkeypatch):
     assert f"{TAG_PREFIX}plot_error" not in client.get_run(run_id).data.tags
 
 
+def test_evaluation_plots_draw_the_epochs_given_without_reading_the_store(store, monkeypatch):
+    from nas_core.genome import Genome
+    from nas_pipeline import plots
+
+    tracker, client, _ = store
+    run_id = tracker.start_run("candidate-held", {}, {"kind": "candidate"})
+    drawn, reads = [], _counted(monkeypatch, tracker.client, "get_metric_history")
+    curves = plots.learning_curves_png
+    monkeypatch.setattr(
+        plots, "learning_curves_png", lambda history, *a, **k: (drawn.append(history), curves(history, *a, **k))[1]
+    )
+    genome = Genome.read(Path(__file__).resolve().parents[2] / "docs" / "examples" / "genome.json")
+    tracker.log_evaluation_plots(
+        run_id, genome, "candidate-held", 2, history=((1, {"val_accuracy": 0.5}), (2, {"val_accuracy": 0.7}))
+    )
+    assert drawn == [[{"epoch": 1.0, "val_accuracy": 0.5}, {"epoch": 2.0, "val_accuracy": 0.7}]] and reads == []
+    assert sorted(a.path for a in client.list_artifacts(run_id, "plots")) == [
+        "plots/architecture.png",
+        "plots/learning_curves.png",
+    ]
+
+
 def _counted(monkeypatch, owner, method: str) -> list:
     """Every call of ``owner.<method>`` from now on, as its keyword arguments (the call still happens)."""
     calls, real = [], getattr(owner, method)

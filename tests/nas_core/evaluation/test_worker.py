@@ -95,6 +95,7 @@ class RecordingTracker(MemoryTracker):
         self.opened: list[dict] = []  # the tags each run was created with
         self.tagged: list[set[str]] = []  # the tag names of each set_tags call after a run's creation
         self.plotted: list[str] = []
+        self.plotted_history: list[tuple] = []
 
     def start_run(self, name, params, tags, parent_run_id=None):
         self.opened.append(dict(tags))
@@ -114,8 +115,9 @@ class RecordingTracker(MemoryTracker):
         self.closings.append(([epoch for epoch, _ in history], dict(tags or {})))
         super().close_run(run_id, ok, metrics, tags, step, status, history)
 
-    def log_evaluation_plots(self, run_id, genome, title, dims):
+    def log_evaluation_plots(self, run_id, genome, title, dims, history=()):
         self.plotted.append(run_id)
+        self.plotted_history.append(tuple(history))
 
 
 @pytest.fixture
@@ -226,6 +228,7 @@ def test_the_search_draws_the_figures_of_its_best_few_trained_candidates(recorde
     run.records = [*ranked, failed, reused]
     run.plot_best()
     assert tracker.plotted == [f"run-{i}" for i in range(8, 0, -1)][:PLOTTED_CANDIDATES]  # not failed, not reused
+    assert real.epochs and tracker.plotted_history == [real.epochs] * PLOTTED_CANDIDATES, "curves from the epochs held"
 
 
 @pytest.mark.slow

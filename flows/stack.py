@@ -156,7 +156,10 @@ def _service_environment(name: str, project_dir: Path, port: int, running: dict[
                 "PREFECT_UI_API_URL": f"http://{HOST}:{port}/api"}  # fmt: skip
     if name == "searches":  # a client of the two servers, started once they answer
         env |= {"PREFECT_API_URL": running["prefect"].api_url, "MLFLOW_TRACKING_URI": running["mlflow"].api_url,
-                "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(task_storage(project_dir))}  # fmt: skip
+                "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(task_storage(project_dir)),
+                # its search task runs outside any flow run: Prefect would warn in its log at every search that the
+                # task's own log lines (they stay in the worker's log) are not sent to the API
+                "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore"}  # fmt: skip
     return env
 
 

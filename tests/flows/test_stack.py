@@ -79,6 +79,7 @@ def test_the_worker_starts_after_the_servers_as_their_client(tmp_path):
     env = stack._service_environment("searches", tmp_path, 3, running)
     assert env["PREFECT_API_URL"] == "http://127.0.0.1:1/api" and env["MLFLOW_TRACKING_URI"] == "http://127.0.0.1:2"
     assert env["PREFECT_RESULTS_LOCAL_STORAGE_PATH"] == str(stack.task_storage(tmp_path))
+    assert env["PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW"] == "ignore", "no warning in its log at every search"
     servers = stack._service_environment("mlflow", tmp_path, 2, running)
     assert "PREFECT_API_URL" not in servers and "MLFLOW_TRACKING_URI" not in servers
     assert list(stack._commands(tmp_path, None, tmp_path / "a")) == ["prefect", "mlflow", "searches"]

@@ -194,7 +194,10 @@ def warm_up() -> None:
     import flows.running  # noqa: F401 - the reports of a search
     import flows.search  # noqa: F401 - Prefect, MLflow, torch and the search core
     import nas_pipeline.plots  # noqa: F401 - matplotlib
+    from nas_pipeline import figure_process
     from nas_pipeline.onnx_export import export_onnx
+
+    figure_process.start()  # the process the best few's figures are drawn in while the best is exported
 
     with tempfile.TemporaryDirectory() as folder:  # the exporter's registry, onnx.checker, onnxruntime
         export_onnx(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)), Path(folder) / "warm.onnx", np.zeros((1, 4), "float32"), {})

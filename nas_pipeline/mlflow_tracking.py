@@ -413,16 +413,15 @@ class MlflowTracker:
         self, run_id: str, genome: Any, title: str, dims: int, history: Sequence[tuple[int, Mapping[str, float]]] = ()
     ) -> None:
         """The architecture diagram and the learning curves (``history``, else read back from the run's per-epoch
-        metrics) as PNGs under the run's ``plots/``; a plotting error is tagged, never blamed on the candidate."""
-        from nas_pipeline.plots import architecture_png, learning_curves_png
+        metrics) as PNGs under the run's ``plots/``, drawn in the figure process (:mod:`nas_pipeline.figure_process`);
+        a plotting error is tagged, never blamed on the candidate."""
+        from nas_pipeline import figure_process
+        from nas_pipeline.plots import evaluation_pngs
 
         try:
             curves = [{"epoch": float(epoch), **values} for epoch, values in history] or self._logged_epochs(run_id)
             with tempfile.TemporaryDirectory() as folder:
-                paths = [architecture_png(genome, Path(folder) / "architecture.png", title, dims=dims)]
-                if curves:
-                    paths.append(learning_curves_png(curves, Path(folder) / "learning_curves.png", title))
-                for path in paths:
+                for path in figure_process.draw(evaluation_pngs, genome, curves, Path(folder), title, dims):
                     self.log_artifact(run_id, path, "plots")
         except Exception as exc:
             if is_transient(exc):

@@ -278,6 +278,16 @@ def learning_curves_png(history: Sequence[Mapping[str, float]], path: Path, titl
 
 
 # ---- the whole search ---------------------------------------------------------------------------
+def evaluation_pngs(
+    genome: Genome, history: Sequence[Mapping[str, float]], folder: Path, title: str = "", dims: int = 2
+) -> list[Path]:
+    """An evaluation's figures in ``folder``: ``architecture.png``, and ``learning_curves.png`` when there is history."""
+    paths = [architecture_png(genome, Path(folder) / "architecture.png", title, dims=dims)]
+    if history:
+        paths.append(learning_curves_png(history, Path(folder) / "learning_curves.png", title))
+    return paths
+
+
 def _mark_failed(ax: Axes, xs: Sequence[float]) -> None:
     """Failed candidates as grey x marks along the bottom edge (they have no accuracy)."""
     if xs:

@@ -16,6 +16,7 @@ import contextlib
 import shutil
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +123,7 @@ class Search:
         self.owns_run = True  # False when the search's run is someone else's (an outer `mlflow run`): they close it
         self.provenance: Provenance | None = None
         self.export_outcome: ExportOutcome | None = None
+        self.plotting: Future[None] | None = None  # the best few's figures, drawn while the best is exported
         self.model_error: str | None = None  # why a search that should have a model has none (summary.json says it)
         self.finished: SearchSummary | None = None  # what finish() wrote
         self.started, self.started_at = time.monotonic(), time.time()
@@ -172,6 +174,7 @@ class Search:
                 with self.timed("recover"):
                     self.record_recovery(next(iter(evaluate([request]))))
             outcome = None
+            self.plotting = self.draw_figures_meanwhile()
             if self.can_export():
                 self.observer.stage("exporting ONNX")
                 outcome = stage("export", self.export)
@@ -615,7 +618,10 @@ class Search:
         self.gpus.stop()
         assert self.tracker is not None and self.dataset is not None
         summary = self.summary(outcome)
-        self.plot_best()
+        if self.plotting is None:
+            self.plot_best()
+        else:
+            self.plotting.result()
         for path, folder in self.reporter.report(summary):
             self.tracker.log_artifact(self.run_id, path, folder)
         self.timings["finish"] = time.monotonic() - finishing
@@ -637,6 +643,15 @@ class Search:
         shutil.rmtree(self.output / FRONT_DIR, ignore_errors=True)  # only needed to export the front
         self.finished = summary
         return summary
+
+    def draw_figures_meanwhile(self) -> Future[None]:
+        """:meth:`plot_best` in a thread of its own, started now, while this thread exports the best: the tracker may
+        draw in another process (the MLflow one does), so the two use two cores."""
+        drawing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nas-figures")
+        try:
+            return drawing.submit(self.plot_best)
+        finally:
+            drawing.shutdown(wait=False)  # its one thread ends with the figures
 
     def plot_best(self) -> None:
         """Draw the figures of the best few trained candidates (from the epochs the search holds) and of the final

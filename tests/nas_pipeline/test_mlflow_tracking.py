@@ -163,18 +163,29 @@ def test_a_closing_writes_the_epochs_final_metrics_and_tags_in_batches_of_mlflow
     assert calls[-1] == (0, 1) and client.get_run(tagged_only).info.status == "KILLED"
 
 
+def _drawn_curves(monkeypatch) -> list:
+    """The learning curves every evaluation's figures are drawn from, from now on (drawn here, not in the figure
+    process, which tests/nas_pipeline/test_figure_process.py covers)."""
+    from nas_pipeline import figure_process, plots
+
+    drawn = []
+
+    def draw(function, genome, curves, *rest):
+        assert function is plots.evaluation_pngs
+        drawn.append(curves)
+        return function(genome, curves, *rest)
+
+    monkeypatch.setattr(figure_process, "draw", draw)
+    return drawn
+
+
 def test_evaluation_plots_are_drawn_from_the_logged_epochs(store, monkeypatch):
     from nas_core.genome import Genome
-    from nas_pipeline import plots
 
     tracker, client, _ = store
     run_id = tracker.start_run("candidate-plots", {}, {"kind": "candidate"})
     tracker.close_run(run_id, True, history=[(1, {"train_loss": 1.5, "val_accuracy": 0.5}), (2, {"train_loss": 0.9})])
-    drawn = []
-    curves = plots.learning_curves_png
-    monkeypatch.setattr(
-        plots, "learning_curves_png", lambda history, *a, **k: (drawn.append(history), curves(history, *a, **k))[1]
-    )
+    drawn = _drawn_curves(monkeypatch)
     genome = Genome.read(Path(__file__).resolve().parents[2] / "docs" / "examples" / "genome.json")
     tracker.log_evaluation_plots(run_id, genome, "candidate-plots", 2)
     assert drawn == [[{"epoch": 1.0, "train_loss": 1.5, "val_accuracy": 0.5}, {"epoch": 2.0, "train_loss": 0.9}]]
@@ -185,15 +196,10 @@ def test_evaluation_plots_are_drawn_from_the_logged_epochs(store, monkeypatch):
 
 def test_evaluation_plots_draw_the_epochs_given_without_reading_the_store(store, monkeypatch):
     from nas_core.genome import Genome
-    from nas_pipeline import plots
 
     tracker, client, _ = store
     run_id = tracker.start_run("candidate-held", {}, {"kind": "candidate"})
-    drawn, reads = [], _counted(monkeypatch, tracker.client, "get_metric_history")
-    curves = plots.learning_curves_png
-    monkeypatch.setattr(
-        plots, "learning_curves_png", lambda history, *a, **k: (drawn.append(history), curves(history, *a, **k))[1]
-    )
+    drawn, reads = _drawn_curves(monkeypatch), _counted(monkeypatch, tracker.client, "get_metric_history")
     genome = Genome.read(Path(__file__).resolve().parents[2] / "docs" / "examples" / "genome.json")
     tracker.log_evaluation_plots(
         run_id, genome, "candidate-held", 2, history=((1, {"val_accuracy": 0.5}), (2, {"val_accuracy": 0.7}))

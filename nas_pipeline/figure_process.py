@@ -57,8 +57,13 @@ def draw(function: Callable[..., T], *args: object) -> T:
     pool = _process()
     if pool is not None:
         try:
-            return pool.submit(function, *args).result()
-        except (BrokenProcessPool, OSError):
+            drawing = pool.submit(function, *args)
+        except (BrokenProcessPool, OSError, RuntimeError):  # dead, cannot start, or shut down with the interpreter
+            _forget(pool)
+            return function(*args)
+        try:
+            return drawing.result()  # the function's own errors (an OSError writing its file, say) are raised as they are
+        except BrokenProcessPool:
             _forget(pool)
     return function(*args)
 
@@ -70,6 +75,6 @@ def start() -> bool:
         return False
     try:
         return pool.submit(_ready).result()
-    except (BrokenProcessPool, OSError):
+    except (BrokenProcessPool, OSError, RuntimeError):
         _forget(pool)
         return False

@@ -277,7 +277,6 @@ def learning_curves_png(history: Sequence[Mapping[str, float]], path: Path, titl
     return _save(figure, path)
 
 
-# ---- the whole search ---------------------------------------------------------------------------
 def evaluation_pngs(
     genome: Genome, history: Sequence[Mapping[str, float]], folder: Path, title: str = "", dims: int = 2
 ) -> list[Path]:
@@ -288,6 +287,7 @@ def evaluation_pngs(
     return paths
 
 
+# ---- the whole search ---------------------------------------------------------------------------
 def _mark_failed(ax: Axes, xs: Sequence[float]) -> None:
     """Failed candidates as grey x marks along the bottom edge (they have no accuracy)."""
     if xs:

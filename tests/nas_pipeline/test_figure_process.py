@@ -25,10 +25,14 @@ def test_figures_are_drawn_in_another_process_that_stays(monkeypatch):
     assert figure_process.draw(os.getpid) == first, "one process, kept for the next figures"
 
 
-def test_a_drawing_error_is_raised_in_the_caller(monkeypatch):
+def test_a_drawing_error_is_raised_in_the_caller_and_the_process_stays(monkeypatch, tmp_path):
     monkeypatch.setattr(figure_process.os, "cpu_count", lambda: 2)
+    process = figure_process.draw(os.getpid)
     with pytest.raises(ValueError, match="invalid literal"):
         figure_process.draw(int, "not a number")
+    with pytest.raises(OSError):  # the drawing's own, not the process's: not drawn again here
+        figure_process.draw(os.listdir, str(tmp_path / "missing"))
+    assert figure_process.draw(os.getpid) == process
 
 
 def test_a_dead_figure_process_falls_back_to_the_callers_then_starts_again(monkeypatch):

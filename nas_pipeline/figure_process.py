@@ -51,30 +51,31 @@ def _forget(broken: ProcessPoolExecutor) -> None:
     broken.shutdown(wait=False, cancel_futures=True)
 
 
+def _result(function: Callable[..., T], *args: object) -> tuple[bool, T | None]:
+    """(True, ``function(*args)`` run in the figure process), its own errors raised here as they are; (False, None)
+    when there is no figure process: one core, or it cannot start (anymore), or it died."""
+    pool = _process()
+    if pool is None:
+        return False, None
+    try:
+        future = pool.submit(function, *args)
+    except (BrokenProcessPool, OSError, RuntimeError):  # dead, cannot start, or shut down with the interpreter
+        _forget(pool)
+        return False, None
+    try:
+        return True, future.result()
+    except BrokenProcessPool:
+        _forget(pool)
+        return False, None
+
+
 def draw(function: Callable[..., T], *args: object) -> T:
     """``function(*args)`` in the figure process (its result, or its exception raised here); in this process when
     there is no figure process. ``function`` and ``args`` must pickle."""
-    pool = _process()
-    if pool is not None:
-        try:
-            drawing = pool.submit(function, *args)
-        except (BrokenProcessPool, OSError, RuntimeError):  # dead, cannot start, or shut down with the interpreter
-            _forget(pool)
-            return function(*args)
-        try:
-            return drawing.result()  # the function's own errors (an OSError writing its file, say) are raised as they are
-        except BrokenProcessPool:
-            _forget(pool)
-    return function(*args)
+    ran, result = _result(function, *args)
+    return result if ran else function(*args)  # type: ignore[return-value]
 
 
 def start() -> bool:
     """Start the figure process now (and import matplotlib there) rather than at the first figure; whether it runs."""
-    pool = _process()
-    if pool is None:
-        return False
-    try:
-        return pool.submit(_ready).result()
-    except (BrokenProcessPool, OSError, RuntimeError):
-        _forget(pool)
-        return False
+    return _result(_ready)[0]

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -86,19 +85,20 @@ def test_the_worker_starts_after_the_servers_as_their_client(tmp_path):
 
 
 def _service(tmp_path, *command: str) -> tuple[Service, subprocess.Popen]:
-    proc = subprocess.Popen(list(command), start_new_session=True)  # its own process group, as `nas up` starts them
+    """A process group as `nas up` starts them, started once it has printed its first line (it is ready)."""
+    proc = subprocess.Popen(list(command), start_new_session=True, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "ready\n"
     threading.Thread(target=proc.wait, daemon=True).start()  # reaped as soon as it ends (`nas up` has exited: init)
     return Service("probe", "http://127.0.0.1:1", "/", proc.pid, str(tmp_path / "log")), proc
 
 
 def test_down_says_whether_sigterm_stopped_a_service_or_it_had_to_be_killed(tmp_path, monkeypatch):
     monkeypatch.setattr(stack, "STOP_TIMEOUT_S", 1.0)
-    service, proc = _service(tmp_path, "sleep", "60")
+    service, proc = _service(tmp_path, "sh", "-c", "echo ready; exec sleep 60")
     assert stack._stop(service) == stack.STOPPED
     assert proc.wait(timeout=30) == -signal.SIGTERM
-    ignoring = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print(flush=True); time.sleep(60)"
+    ignoring = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); time.sleep(60)"
     service, proc = _service(tmp_path, sys.executable, "-c", ignoring)
-    time.sleep(0.5)  # (the handler is set before the interpreter would even read a SIGTERM's default)
     assert stack._stop(service) == "killed (still running 1 s after SIGTERM)"
     assert proc.wait(timeout=30) == -signal.SIGKILL
     assert stack._stop(service) == stack.NOT_RUNNING

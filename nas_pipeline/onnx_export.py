@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import os
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,6 +33,40 @@ class ExportReport:
     path: Path
     max_abs_diff: float
     samples: int
+
+
+_registries: dict[int, Any] = {}  # opset -> torch's registry of ONNX functions, built once in this process
+_registries_lock = threading.Lock()
+
+
+def keep_torchlib_registries() -> None:
+    """Make the dynamo exporter build its registry of ONNX functions once per opset in this process, not per export.
+
+    ``torch.onnx.export`` rebuilds it from onnxscript's torch_lib at every call (onnxscript parses each function's
+    source again): 0.3 s a call on an idle core here, most of a small network's export, and paid by every search a
+    long-lived worker runs. It depends only on the opset; each call gets its own copy of the kept one, so an export
+    that adds custom translations changes only its own. Where torch no longer has this private classmethod, exports
+    build their own registry as before.
+    """
+    try:
+        from torch.onnx._internal.exporter._registration import ONNXRegistry
+    except ImportError:
+        return
+    build = ONNXRegistry.__dict__.get("from_torchlib")
+    if not isinstance(build, classmethod) or hasattr(build.__func__, "__wrapped__"):
+        return  # not the classmethod it was, or already kept
+
+    def from_torchlib(cls: type, opset_version: int = ONNXRegistry().opset_version) -> Any:
+        with _registries_lock:
+            if opset_version not in _registries:
+                _registries[opset_version] = build.__func__(cls, opset_version)
+            kept = _registries[opset_version]
+        own = copy.copy(kept)
+        own.functions = {target: list(decompositions) for target, decompositions in kept.functions.items()}
+        return own
+
+    from_torchlib.__wrapped__ = build.__func__  # type: ignore[attr-defined]
+    ONNXRegistry.from_torchlib = classmethod(from_torchlib)  # type: ignore[method-assign]
 
 
 def _torch_logits(model: nn.Module, inputs: np.ndarray) -> np.ndarray:
@@ -65,6 +102,7 @@ def export_onnx(
 
     if len(inputs) < 1:
         raise ExportError("the parity check needs at least 1 input, got none")
+    keep_torchlib_registries()
     model = model.cpu().eval()
     inputs = np.ascontiguousarray(inputs, dtype=np.float32)
     path = Path(path)

@@ -159,3 +159,36 @@ def test_failed_export_to_a_new_path_creates_no_file(tmp_path, model, digits):
     with pytest.raises(ExportError):
         export_onnx(model, path, digits.x["test"][:128], METADATA, tolerance=-1.0)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_exporter_s_registry_is_built_once_for_many_exports(tmp_path, model, digits, monkeypatch):
+    from torch.onnx._internal._lazy_import import onnxscript_apis
+
+    from nas_pipeline import onnx_export
+
+    builds = []
+    build = onnxscript_apis.get_torchlib_ops
+    monkeypatch.setattr(onnx_export, "_registries", {}, raising=False)  # as in a fresh process
+    monkeypatch.setattr(onnxscript_apis, "get_torchlib_ops", lambda: builds.append(1) or build())
+    other = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10)).eval()
+    export_onnx(model, tmp_path / "a.onnx", digits.x["test"][:8], METADATA)
+    export_onnx(other, tmp_path / "b.onnx", digits.x["test"][:8], METADATA)
+    assert len(builds) == 1
+    assert read_metadata(tmp_path / "b.onnx") == METADATA
+
+
+def test_each_export_gets_its_own_copy_of_the_kept_registry_equal_to_a_fresh_one(model, digits, tmp_path):
+    from torch.onnx._internal.exporter._registration import ONNXRegistry
+
+    export_onnx(model, tmp_path / "a.onnx", digits.x["test"][:8], METADATA)  # keeps registries from here on
+    first = ONNXRegistry.from_torchlib()
+    target = next(iter(first.functions))
+    first.functions[target].clear()  # what an export's custom translations would change
+    first.functions.pop(next(iter(list(first.functions)[1:])))
+    second = ONNXRegistry.from_torchlib()
+    fresh = ONNXRegistry.from_torchlib.__wrapped__(ONNXRegistry, second.opset_version)
+
+    def functions(registry):
+        return {target: [meta.onnx_function for meta in metas] for target, metas in registry.functions.items()}
+
+    assert second is not first and functions(second) == functions(fresh) and len(functions(second)) > 100

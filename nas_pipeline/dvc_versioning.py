@@ -28,13 +28,22 @@ class VersioningError(InfrastructureError):
 
 
 def run_dvc(root: Path, *args: str) -> str:
-    """Run ``dvc ARGS`` in ``root`` with this interpreter's DVC; raise VersioningError with its message."""
+    """Run ``dvc ARGS`` in ``root`` with this interpreter's DVC; raise VersioningError with its message.
+
+    Its output is captured, so no ``--quiet`` is needed: with it, DVC keeps its error to itself and prints only its
+    support footer."""
     env = {**os.environ, "DVC_NO_ANALYTICS": "1"}  # no telemetry: offline it would only hang around
     proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, env=env, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
-        message = (proc.stderr or proc.stdout).strip().splitlines()
-        raise VersioningError(f"`dvc {' '.join(args)}` failed in {root}: {message[-1] if message else proc.returncode}")
+        raise VersioningError(f"`dvc {' '.join(args)}` failed in {root}: {dvc_error(proc.stderr + proc.stdout, proc.returncode)}")
     return proc.stdout
+
+
+def dvc_error(output: str, returncode: int) -> str:
+    """DVC's own error line ("ERROR: ..."), not the support footer it prints after one; the exit code when none."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    errors = [line.removeprefix("ERROR:").strip() for line in lines if line.startswith("ERROR:")]
+    return errors[-1] if errors else f"exit code {returncode}, no error message"
 
 
 def _git_toplevel(root: Path) -> Path | None:
@@ -62,14 +71,14 @@ def ensure_repo(root: Path) -> None:
     if not (root / ".dvc").is_dir():
         top = _git_toplevel(root)
         flags = ["--no-scm"] if top is None else ([] if top == root else ["--subdir"])
-        run_dvc(root, "init", "--quiet", *flags)
+        run_dvc(root, "init", *flags)
     if not _names_a_default_remote(root) and not run_dvc(root, "remote", "list").strip():
         run_dvc(root, "remote", "add", "--default", DEFAULT_REMOTE, DEFAULT_REMOTE_URL)
 
 
 def track_data(root: Path) -> str:
     """``dvc add data`` (writing ``data.dvc`` at the root) and return the dataset version."""
-    run_dvc(Path(root), "add", "--quiet", DATA_DIR)
+    run_dvc(Path(root), "add", DATA_DIR)
     return tracked_version(root)
 
 

@@ -11,6 +11,7 @@ from nas_pipeline.dvc_versioning import (
     DvcDataStore,
     VersioningError,
     check_data,
+    dvc_error,
     ensure_repo,
     push_data,
     run_dvc,
@@ -129,9 +130,22 @@ def test_broken_dvc_file_is_a_clear_error(tmp_path):
         tracked_version(tmp_path)
 
 
-def test_failed_dvc_command_names_the_command(tmp_path):
-    with pytest.raises(VersioningError, match="dvc add"):
+def test_failed_dvc_command_names_the_command_and_dvc_s_reason(tmp_path):
+    with pytest.raises(VersioningError, match="`dvc add missing-folder` failed in .*: you are not inside of a DVC repository"):
         run_dvc(tmp_path, "add", "missing-folder")
+
+
+def test_tracking_data_that_is_not_there_says_dvc_s_reason_not_its_exit_code(tmp_path):
+    ensure_repo(tmp_path)
+    with pytest.raises(VersioningError, match="does not exist") as error:
+        track_data(tmp_path)
+    assert "Having any troubles" not in str(error.value)
+
+
+def test_dvc_s_error_line_is_picked_over_its_support_footer():
+    output = "ERROR: unexpected error - [Errno 20] Not a directory: '/r/x'\n\nHaving any troubles? Hit us up\n"
+    assert dvc_error(output, 255) == "unexpected error - [Errno 20] Not a directory: '/r/x'"
+    assert dvc_error("\nHaving any troubles? Hit us up\n", 255) == "exit code 255, no error message"
 
 
 @pytest.fixture

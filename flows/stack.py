@@ -24,6 +24,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -244,7 +245,12 @@ def _stop(service: Service) -> str:
 
 def down(project_dir: Path) -> list[tuple[Service, str]]:
     """Stop what ``nas up`` started for this project; each service and how it stopped (:func:`_stop`)."""
-    services = read_stack(project_dir)
-    stopped = [(service, _stop(service)) for service in reversed(services)]  # the worker, a client, first
+    services = list(reversed(read_stack(project_dir)))  # the worker, a client of both servers, first
+    clients = [service for service in services if service.name == "searches"]
+    servers = [service for service in services if service.name != "searches"]
+    stopped = [(service, _stop(service)) for service in clients]
+    if servers:  # then both servers at once: neither needs the other, and each takes seconds to shut down
+        with ThreadPoolExecutor(len(servers)) as pool:
+            stopped += zip(servers, pool.map(_stop, servers), strict=True)
     stack_file(project_dir).unlink(missing_ok=True)
     return stopped

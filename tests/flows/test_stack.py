@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -102,3 +103,43 @@ def test_down_says_whether_sigterm_stopped_a_service_or_it_had_to_be_killed(tmp_
     assert stack._stop(service) == "killed (still running 1 s after SIGTERM)"
     assert proc.wait(timeout=30) == -signal.SIGKILL
     assert stack._stop(service) == stack.NOT_RUNNING
+
+
+# A service that, on SIGTERM, notes whether the worker had gone already and waits (10 s at most) for its peer's SIGTERM.
+_STOPPING = """
+import os, signal, sys, time
+name, folder, peer = sys.argv[1:]
+def note(what, value):
+    with open(os.path.join(folder, name + what), "w") as out:
+        out.write(str(value))
+def stop(*_):
+    note(".worker_gone", os.path.exists(os.path.join(folder, "searches.gone")))
+    deadline = time.monotonic() + 10
+    while peer != "-" and not os.path.exists(os.path.join(folder, peer + ".worker_gone")) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    note(".gone", peer == "-" or os.path.exists(os.path.join(folder, peer + ".worker_gone")))
+    sys.exit(0)
+signal.signal(signal.SIGTERM, stop)
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+
+def test_down_stops_the_worker_first_then_both_servers_together(tmp_path):
+    project, notes = tmp_path / "project", tmp_path / "notes"
+    notes.mkdir()
+    peers = {"prefect": "mlflow", "mlflow": "prefect", "searches": "-"}  # in the order `nas up` starts them
+    services = [
+        replace(_service(tmp_path, sys.executable, "-c", _STOPPING, name, str(notes), peer)[0], name=name)
+        for name, peer in peers.items()
+    ]
+    stack.stack_file(project).parent.mkdir(parents=True)
+    stack._write(project, services)
+    stopped = stack.down(project)
+    assert [(service.name, outcome) for service, outcome in stopped] == [
+        ("searches", stack.STOPPED), ("mlflow", stack.STOPPED), ("prefect", stack.STOPPED)
+    ]  # fmt: skip
+    read = {path.name: path.read_text() for path in notes.iterdir()}
+    assert read["prefect.worker_gone"] == read["mlflow.worker_gone"] == "True", "the worker stopped before the servers"
+    assert read["prefect.gone"] == read["mlflow.gone"] == "True", "each server had its SIGTERM before the other ended"
+    assert not stack.stack_file(project).exists()

@@ -186,21 +186,22 @@ def run_search_request(request: SearchRequest) -> int:
 
 def warm_up() -> None:
     """Do once what every search would do first: import its libraries and set up what they set up on first use."""
-    import dvc.repo  # noqa: F401 - the data push
     import numpy as np
     import torch._dynamo  # noqa: F401 - loaded by PyTorch's first optimizer
+    from dvc.repo import Repo
     from torch import nn
 
     import flows.running  # noqa: F401 - the reports of a search
     import flows.search  # noqa: F401 - Prefect, MLflow, torch and the search core
-    import nas_pipeline.plots  # noqa: F401 - matplotlib
-    from nas_pipeline import figure_process
+    from nas_pipeline import figure_process, plots
     from nas_pipeline.onnx_export import export_onnx
 
     figure_process.start()  # the process the best few's figures are drawn in while the best is exported
+    plots.warm_up()  # the search's own plots (the report's) are drawn here
 
     with tempfile.TemporaryDirectory() as folder:  # the exporter's registry, onnx.checker, onnxruntime
         export_onnx(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)), Path(folder) / "warm.onnx", np.zeros((1, 4), "float32"), {})
+        Repo(folder, uninitialized=True).close()  # the modules DVC's Repo loads on first use, for the data push
     with contextlib.suppress(Exception):  # MLflow's map of installed packages, built when a model is logged
         from mlflow.utils import requirements_utils
 

@@ -24,12 +24,10 @@ _pool: ProcessPoolExecutor | None = None
 
 
 def _ready() -> bool:
-    """Import what drawing needs (run in the figure process when it starts)."""
-    import matplotlib.backends.backend_agg  # noqa: F401
-    import matplotlib.figure  # noqa: F401
+    """Load what drawing needs: modules and fonts (run in the figure process when it starts)."""
+    from nas_pipeline.plots import warm_up
 
-    import nas_pipeline.plots  # noqa: F401
-
+    warm_up()
     return True
 
 

@@ -13,6 +13,7 @@ entry.
 
 from __future__ import annotations
 
+import io
 import itertools
 import math
 from collections.abc import Mapping, Sequence
@@ -59,6 +60,14 @@ def _chart(width: float, height: float, right: float = 0.97, top: float = 0.9) -
     figure = _figure(width, height)
     figure.subplots_adjust(left=0.1, right=right, bottom=0.15, top=top)
     return figure, figure.add_subplot()
+
+
+def warm_up() -> None:
+    """Draw an empty chart with a title in memory: matplotlib's figure and Agg modules and its fonts load now, not
+    at a search's first figure (a long-lived process draws many)."""
+    figure, _ = _chart(2.0, 1.0)
+    _title(figure, "warm-up")
+    figure.savefig(io.BytesIO(), format="png", dpi=DPI)
 
 
 def _save(figure: Figure, path: Path) -> Path:

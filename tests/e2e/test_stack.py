@@ -182,3 +182,19 @@ def test_after_down_the_project_searches_on_its_own_store(stack, searched):
     assert summary["mlflow_experiment"] == searched[1]["mlflow_experiment"]
     run = MlflowClient(summary["mlflow_tracking_uri"]).get_run(summary["mlflow_run_id"])
     assert run.info.artifact_uri.startswith((project / "mlartifacts").resolve().as_uri())
+
+
+def test_the_worker_s_warm_up_loads_what_a_search_would_load_first(tmp_path):
+    """What the first search after `nas up` would otherwise pay for: the report's matplotlib, the exporter's registry
+    of ONNX functions (kept for the process), DVC's modules for the data push."""
+    check = (
+        "import sys; from flows.search_worker import warm_up; from nas_pipeline import onnx_export; warm_up(); "
+        "print(sorted(m for m in ('matplotlib.figure', 'matplotlib.backends.backend_agg', 'dvc.repo.plots', "
+        "'dvc_data.hashfile.state', 'onnxruntime') if m in sys.modules), len(onnx_export._registries))"
+    )
+    proc = subprocess.run([sys.executable, "-c", check], cwd=tmp_path, env=nas_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split("\n")[-2] == (
+        "['dvc.repo.plots', 'dvc_data.hashfile.state', 'matplotlib.backends.backend_agg', 'matplotlib.figure', "
+        "'onnxruntime'] 1"
+    )

@@ -192,9 +192,9 @@ def test_the_worker_s_warm_up_loads_what_a_search_would_load_first(tmp_path):
         "print(sorted(m for m in ('matplotlib.figure', 'matplotlib.backends.backend_agg', 'dvc.repo.plots', "
         "'dvc_data.hashfile.state', 'onnxruntime') if m in sys.modules), len(onnx_export._registries))"
     )
-    proc = subprocess.run([sys.executable, "-c", check], cwd=tmp_path, env=nas_env(tmp_path), capture_output=True, text=True, timeout=300)
+    env = nas_env(tmp_path)
+    proc = subprocess.run([sys.executable, "-c", check], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.split("\n")[-2] == (
-        "['dvc.repo.plots', 'dvc_data.hashfile.state', 'matplotlib.backends.backend_agg', 'matplotlib.figure', "
-        "'onnxruntime'] 1"
+    assert proc.stdout.splitlines()[-1] == (
+        "['dvc.repo.plots', 'dvc_data.hashfile.state', 'matplotlib.backends.backend_agg', 'matplotlib.figure', 'onnxruntime'] 1"
     )

@@ -182,9 +182,9 @@ def test_each_export_gets_its_own_copy_of_the_kept_registry_equal_to_a_fresh_one
 
     export_onnx(model, tmp_path / "a.onnx", digits.x["test"][:8], METADATA)  # keeps registries from here on
     first = ONNXRegistry.from_torchlib()
-    target = next(iter(first.functions))
-    first.functions[target].clear()  # what an export's custom translations would change
-    first.functions.pop(next(iter(list(first.functions)[1:])))
+    one, another = list(first.functions)[:2]
+    first.functions[one].clear()  # what an export's custom translations would change
+    del first.functions[another]
     second = ONNXRegistry.from_torchlib()
     fresh = ONNXRegistry.from_torchlib.__wrapped__(ONNXRegistry, second.opset_version)
 
